@@ -1,0 +1,96 @@
+"""The accounting identity of DESIGN.md, in one place for the engine, the backtest, the
+baselines and the archive summaries (per interval of ``h`` hours):
+
+    mining_revenue = sum over fleets of PH/s online x hashprice x (1 - pool_fee) x h / 24
+    gpu_value      = sum over running GPUs of value $/GPU-h x throughput x h - pause costs incurred
+    energy_cost    = p x load_mw x h                (load_mw includes PUE/cooling)
+    hedge_pnl      = (p - K) x Q x h
+    dr_payment     = what the program pays for this interval
+    dr_penalty     = shortfall MWh x penalty rate
+    net            = mining_revenue + gpu_value - energy_cost + hedge_pnl + dr_payment - dr_penalty
+    sold_back_mwh  = max(Q - load_mw, 0) x h
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from schemas.action import DispatchAction, PnlTerms
+from schemas.site import SiteConfig
+
+
+@dataclass(frozen=True)
+class Terms:
+    """Plain-float P&L terms (cheap to build in tight loops; convert with :meth:`model`)."""
+
+    mining_revenue_usd: float
+    gpu_value_usd: float
+    energy_cost_usd: float
+    hedge_pnl_usd: float
+    dr_payment_usd: float
+    dr_penalty_usd: float
+
+    @property
+    def net_usd(self) -> float:
+        return (
+            self.mining_revenue_usd
+            + self.gpu_value_usd
+            - self.energy_cost_usd
+            + self.hedge_pnl_usd
+            + self.dr_payment_usd
+            - self.dr_penalty_usd
+        )
+
+    def model(self) -> PnlTerms:
+        return PnlTerms(
+            mining_revenue_usd=self.mining_revenue_usd,
+            gpu_value_usd=self.gpu_value_usd,
+            energy_cost_usd=self.energy_cost_usd,
+            hedge_pnl_usd=self.hedge_pnl_usd,
+            dr_payment_usd=self.dr_payment_usd,
+            dr_penalty_usd=self.dr_penalty_usd,
+            net_usd=self.net_usd,
+        )
+
+
+def mining_revenue_usd(hashrate_ph: float, hashprice_usd_per_ph_day: float, pool_fee: float, hours: float) -> float:
+    return hashrate_ph * hashprice_usd_per_ph_day * (1.0 - pool_fee) * hours / 24.0
+
+
+def energy_cost_usd(price_usd_mwh: float, load_mw: float, hours: float) -> float:
+    return price_usd_mwh * load_mw * hours
+
+
+def hedge_pnl_usd(site: SiteConfig, price_usd_mwh: float, hours: float) -> float:
+    if site.hedge is None:
+        return 0.0
+    return (price_usd_mwh - site.hedge.price_usd_mwh) * site.hedge.quantity_mw * hours
+
+
+def sold_back_mw(site: SiteConfig, load_mw: float) -> float:
+    if site.hedge is None:
+        return 0.0
+    return max(site.hedge.quantity_mw - load_mw, 0.0)
+
+
+def dr_capacity_payment_usd(site: SiteConfig, hours: float) -> float:
+    """Capacity payments of every enrolled program: $/MW committed per hour of the term."""
+    return sum(p.committed_mw * p.capacity_payment_usd_mw_h for p in site.dr_programs) * hours
+
+
+def settle(action: DispatchAction, price_usd_mwh: float, site: SiteConfig) -> PnlTerms:
+    """The action's P&L at a given (realized) price.
+
+    Only energy cost and the hedge depend on the price; mining revenue, GPU value, DR payment
+    and penalty were fixed by the decision itself, so they are taken from the action.
+    """
+    h = action.interval_minutes / 60.0
+    e = action.expected
+    return Terms(
+        mining_revenue_usd=e.mining_revenue_usd,
+        gpu_value_usd=e.gpu_value_usd,
+        energy_cost_usd=energy_cost_usd(price_usd_mwh, action.load_mw, h),
+        hedge_pnl_usd=hedge_pnl_usd(site, price_usd_mwh, h),
+        dr_payment_usd=e.dr_payment_usd,
+        dr_penalty_usd=e.dr_penalty_usd,
+    ).model()

@@ -1,0 +1,59 @@
+"""Shared pieces of the wire contract.
+
+Every record on a wattmix topic is JSON (orjson) carrying ``schema_version``; timestamps are
+ISO-8601 with an explicit offset (naive timestamps are rejected: a feed in local time without
+an offset is ambiguous twice a year); every quantity has its unit in its name.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+
+# Real-time energy prices outside this band are data errors, not markets: ERCOT's floor is
+# -$250/MWh and its cap $5,000/MWh ($9,000 in Feb 2021); other ISOs stay within +-$3,800.
+PRICE_FLOOR_USD_MWH = -1_000.0
+PRICE_CAP_USD_MWH = 15_000.0
+
+# Events stamped further than this past the newest event are rejected as clock errors.
+MAX_FUTURE = timedelta(days=400)
+
+
+def _to_utc(value: datetime) -> datetime:
+    return value.astimezone(timezone.utc)
+
+
+#: A timezone-aware timestamp, normalised to UTC once validated.
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
+
+GpuClass = Literal["inference", "training", "batch"]
+GPU_CLASSES: tuple[GpuClass, ...] = ("inference", "training", "batch")
+
+Market = Literal["RT", "DA"]
+
+
+class WireModel(BaseModel):
+    """Base of every record on the wire: strict, closed, immutable, no NaN/inf."""
+
+    model_config = ConfigDict(
+        strict=True,
+        extra="forbid",
+        frozen=True,
+        allow_inf_nan=False,
+        str_min_length=0,
+    )
+
+    schema_version: Literal[1] = Field(default=SCHEMA_VERSION, description="wire format version")
+
+
+def divides_hour(minutes: int) -> int:
+    if minutes <= 0 or (60 % minutes != 0 and minutes % 60 != 0):
+        raise ValueError(f"interval of {minutes} min does not divide the hour (use 5, 15, 30, 60...)")
+    return minutes
+
+
+IntervalMinutes = Annotated[int, AfterValidator(divides_hour)]

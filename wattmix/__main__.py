@@ -1,0 +1,5 @@
+import sys
+
+from wattmix.cli import main
+
+sys.exit(main())

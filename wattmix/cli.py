@@ -1,0 +1,123 @@
+"""``wattmix`` command line: one sub-command per way people run it.
+
+    wattmix demo        the main job: embedded broker + worker + one-week scenario + summary
+    wattmix worker      the streaming worker (Faust) against a real Kafka
+    wattmix broker      the embedded development broker (tansu) on loopback
+    wattmix publish-demo  publish the built-in scenario to Kafka (docker-compose feed service)
+    wattmix sql         read-only SQL on the DuckDB archive
+    wattmix backtest    the engine in process over historical files, with baselines
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from wattmix.errors import WattmixError
+
+DEFAULT_KAFKA = os.environ.get("WATTMIX_KAFKA", "127.0.0.1:9092")
+DEFAULT_DB = os.environ.get("WATTMIX_DB", "wattmix.duckdb")
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from wattmix.demo import run_demo
+
+    return run_demo(db=args.db, seed=args.seed, days=args.days, jobs=args.jobs, quiet=args.quiet)
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from streams.worker import run_worker
+
+    return run_worker(kafka=args.kafka, db=args.db, site_files=args.site, partitions=args.partitions)
+
+
+def _cmd_broker(args: argparse.Namespace) -> int:
+    from wattmix.broker import run_broker_cli
+
+    return run_broker_cli(port=args.port, partitions=args.partitions)
+
+
+def _cmd_publish_demo(args: argparse.Namespace) -> int:
+    from wattmix.demo import publish_demo_cli
+
+    return publish_demo_cli(kafka=args.kafka, seed=args.seed, days=args.days, jobs=args.jobs)
+
+
+def _cmd_sql(args: argparse.Namespace) -> int:
+    from sinks.query import run_sql_cli
+
+    return run_sql_cli(db=args.db, sql=args.query, fmt=args.format)
+
+
+def _cmd_backtest(args: argparse.Namespace) -> int:
+    from dispatch.backtest import run_backtest_cli
+
+    return run_backtest_cli(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from wattmix import __version__
+
+    p = argparse.ArgumentParser(prog="wattmix", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"wattmix {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="run the one-week demo end to end on an embedded broker")
+    d.add_argument("--db", default="wattmix-demo.duckdb", help="DuckDB archive to (re)create")
+    d.add_argument("--seed", type=int, default=7)
+    d.add_argument("--days", type=int, default=7)
+    d.add_argument("--jobs", type=int, default=1000, help="GPU jobs in the scenario")
+    d.add_argument("--quiet", action="store_true", help="no progress lines")
+    d.set_defaults(func=_cmd_demo)
+
+    w = sub.add_parser("worker", help="run the streaming worker against Kafka")
+    w.add_argument("--kafka", default=DEFAULT_KAFKA, help="bootstrap servers (env WATTMIX_KAFKA)")
+    w.add_argument("--db", default=DEFAULT_DB, help="DuckDB archive (env WATTMIX_DB)")
+    w.add_argument("--site", action="append", default=[], help="site TOML file (repeatable); default: the sample site")
+    w.add_argument("--partitions", type=int, default=None, help="topic partitions to create if missing")
+    w.set_defaults(func=_cmd_worker)
+
+    b = sub.add_parser("broker", help="start the embedded tansu broker on loopback")
+    b.add_argument("--port", type=int, default=9092)
+    b.add_argument("--partitions", type=int, default=4)
+    b.set_defaults(func=_cmd_broker)
+
+    pd = sub.add_parser("publish-demo", help="publish the built-in demo scenario to Kafka")
+    pd.add_argument("--kafka", default=DEFAULT_KAFKA)
+    pd.add_argument("--seed", type=int, default=7)
+    pd.add_argument("--days", type=int, default=7)
+    pd.add_argument("--jobs", type=int, default=1000)
+    pd.set_defaults(func=_cmd_publish_demo)
+
+    s = sub.add_parser("sql", help="run a read-only SQL query on the archive")
+    s.add_argument("query")
+    s.add_argument("--db", default=DEFAULT_DB)
+    s.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    s.set_defaults(func=_cmd_sql)
+
+    bt = sub.add_parser("backtest", help="run the engine over historical files, with baselines")
+    try:
+        from dispatch.backtest import add_backtest_arguments
+    except ImportError:  # the backtest module is optional until present
+        add_backtest_arguments = None
+    if add_backtest_arguments is not None:
+        add_backtest_arguments(bt)
+    bt.set_defaults(func=_cmd_backtest)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except WattmixError as exc:
+        print(f"wattmix: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
