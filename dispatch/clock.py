@@ -88,24 +88,29 @@ class FeedMerger:
         self._seq += 1
         heapq.heappush(self._heap, (event_time, self.rank[feed], self._seq, item))
 
-    def watermark(self, idle: Callable[[Hashable], bool]) -> datetime | None:
-        """None means nothing blocks (every feed idle): release everything."""
-        w: datetime | None = None
-        blocked = False
+    def watermark(self, idle: Callable[[Hashable], bool]) -> tuple[datetime, int] | None:
+        """The (time, rank) up to which events can be released; None: every feed is idle.
+
+        A blocking feed can still bring events at its newest time, but nothing earlier; of
+        the feeds blocking at the minimum time, the lowest rank bounds the release, so a
+        later arrival can never sort before an event already released.
+        """
+        w: tuple[datetime, int] | None = None
         for f, n in self.newest.items():
             if idle(f):
                 continue
             if n is None:
                 # a feed with unread data we have not seen yet blocks everything
-                return _EPOCH
-            blocked = True
-            w = n if w is None or n < w else w
-        return w if blocked else None
+                return (_EPOCH, -1)
+            key = (n, self.rank[f])
+            if w is None or key < w:
+                w = key
+        return w
 
     def release(self, idle: Callable[[Hashable], bool]) -> list[Any]:
         w = self.watermark(idle)
         out = []
         heap = self._heap
-        while heap and (w is None or heap[0][0] < w):
+        while heap and (w is None or heap[0][:2] <= w):
             out.append(heapq.heappop(heap)[3])
         return out

@@ -137,7 +137,7 @@ class MeritOrderPolicy:
             if e.obligation_kind == "firm_service_level":
                 lim = e.obligation_mw
             else:  # reduction against the program's baseline
-                lim = max((e.baseline_mw or 0.0) - e.obligation_mw, 0.0)
+                lim = (e.baseline_mw or 0.0) - e.obligation_mw  # < 0: cannot be met
             if lim < limit:
                 limit, limit_src = lim, f"DR {e.program} {e.event_id} r{e.revision}"
 

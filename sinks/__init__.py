@@ -1,0 +1,27 @@
+"""The DuckDB archive: idempotent, Arrow-batched, one transaction per batch (see sinks.archive)."""
+
+from sinks.archive import (
+    ARCHIVE_SCHEMA_VERSION,
+    TABLES,
+    Archive,
+    ArchiveBatch,
+    ArchiveError,
+    WriteStats,
+    ddl,
+    read_actions,
+    read_dead_letters,
+    read_inputs_in_event_order,
+)
+
+__all__ = [
+    "ARCHIVE_SCHEMA_VERSION",
+    "TABLES",
+    "Archive",
+    "ArchiveBatch",
+    "ArchiveError",
+    "WriteStats",
+    "ddl",
+    "read_actions",
+    "read_dead_letters",
+    "read_inputs_in_event_order",
+]

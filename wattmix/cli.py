@@ -30,7 +30,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_worker(args: argparse.Namespace) -> int:
     from streams.worker import run_worker
 
-    return run_worker(kafka=args.kafka, db=args.db, site_files=args.site, partitions=args.partitions)
+    return run_worker(kafka=args.kafka, db=args.db, site_files=args.site, partitions=args.partitions,
+                      group=args.group, topic_suffix=args.topic_suffix)
 
 
 def _cmd_broker(args: argparse.Namespace) -> int:
@@ -77,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--db", default=DEFAULT_DB, help="DuckDB archive (env WATTMIX_DB)")
     w.add_argument("--site", action="append", default=[], help="site TOML file (repeatable); default: the sample site")
     w.add_argument("--partitions", type=int, default=None, help="topic partitions to create if missing")
+    w.add_argument("--group", default="wattmix-worker", help="consumer group (Faust app id)")
+    w.add_argument("--topic-suffix", default=os.environ.get("WATTMIX_TOPIC_SUFFIX", ""),
+                   help="suffix appended to every topic name (a tenant's or a test's own set)")
     w.set_defaults(func=_cmd_worker)
 
     b = sub.add_parser("broker", help="start the embedded tansu broker on loopback")

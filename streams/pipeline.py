@@ -1,0 +1,169 @@
+"""The worker's logic without Faust: decode, route, merge in event time, decide, and say what
+to archive and publish. The Faust agent (streams/worker.py) only moves bytes in and out.
+
+Per step: every message is either a valid record (archived, merged) or a dead letter
+(archived with its reason and original bytes, published to the dead-letter topic). Nothing
+is dropped and nothing raises: one bad message must not stop a site's dispatch.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from dispatch.clock import FeedMerger
+from dispatch.processor import SiteProcessor
+from schemas.action import DispatchAction
+from schemas.codec import decode, encode
+from schemas.dead_letter import DeadLetter
+from schemas.site import SiteConfig
+from schemas.topics import INPUT_FEEDS, Feed
+from sinks.archive import ArchiveBatch
+from streams.app import TopicNames
+from wattmix.errors import DecodeError
+
+FEED_ORDER = tuple(f.name for f in INPUT_FEEDS)
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One Kafka message as the pipeline sees it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    topic: str
+    key: bytes | None
+    value: bytes
+    timestamp_ms: int | None
+
+
+@dataclass
+class StepResult:
+    batch: ArchiveBatch
+    outgoing: list[Outgoing] = field(default_factory=list)
+    actions: list[DispatchAction] = field(default_factory=list)
+    dead_letters: int = 0
+    accepted: int = 0
+    late: int = 0
+
+
+#: idle(topic, partition) -> True when that partition has nothing left to read right now
+IdleFn = Callable[[str, int], bool]
+
+
+@dataclass
+class _SiteLane:
+    processor: SiteProcessor
+    merger: FeedMerger
+    partition: int | None = None
+
+
+class Pipeline:
+    def __init__(self, sites: Iterable[SiteConfig], topics: TopicNames,
+                 now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
+        self.topics = topics
+        self.lanes: dict[str, _SiteLane] = {
+            s.site_id: _SiteLane(SiteProcessor(s), FeedMerger(FEED_ORDER)) for s in sites
+        }
+        self.feed_by_topic: dict[str, Feed] = {topics.feed(f.name): f for f in INPUT_FEEDS}
+        self._now = now
+        self.counts = {"accepted": 0, "dead_letters": 0, "late": 0, "actions": 0}
+
+    # ---------------------------------------------------------------------------------
+    def ingest(self, messages: Iterable[Incoming], idle: IdleFn) -> StepResult:
+        res = StepResult(batch=ArchiveBatch())
+        for m in messages:
+            self._accept(m, res)
+        self._release(res, idle)
+        return res
+
+    def flush(self, idle: IdleFn) -> StepResult:
+        """Release what the merge can release now (called by the worker's timer)."""
+        res = StepResult(batch=ArchiveBatch())
+        self._release(res, idle)
+        return res
+
+    def pending(self) -> int:
+        return sum(len(lane.merger) for lane in self.lanes.values())
+
+    def partitions_in_use(self) -> set[int]:
+        return {lane.partition for lane in self.lanes.values() if lane.partition is not None}
+
+    # ---------------------------------------------------------------------------------
+    def _accept(self, m: Incoming, res: StepResult) -> None:
+        feed = self.feed_by_topic.get(m.topic)
+        if feed is None:
+            self._dead(m, res, "UnknownTopic", f"topic {m.topic!r} is not an input feed of this worker")
+            return
+        try:
+            rec = decode(feed.model, m.value)
+        except DecodeError as exc:
+            self._dead(m, res, "DecodeError", exc.reason)
+            return
+        lane = self.lanes.get(rec.site_id)
+        if lane is None:
+            known = ", ".join(sorted(self.lanes)) or "none"
+            self._dead(m, res, "UnknownSite", f"site_id {rec.site_id!r} is not configured on this worker (configured: {known})")
+            return
+        lane.partition = m.partition
+        t = rec.event_time()
+        late = lane.processor.clock.is_late(t)
+        res.batch.add_input(feed.name, rec, topic=m.topic, partition=m.partition, offset=m.offset, late=late)
+        lane.merger.push(feed.name, t, rec)
+        res.accepted += 1
+        self.counts["accepted"] += 1
+        if late:
+            res.late += 1
+            self.counts["late"] += 1
+
+    def _release(self, res: StepResult, idle: IdleFn) -> None:
+        for site_id, lane in self.lanes.items():
+            if not len(lane.merger):
+                continue
+            p = lane.partition
+
+            def feed_idle(feed_name: str, _p=p) -> bool:
+                return _p is None or idle(self.topics.feed(feed_name), _p)
+
+            for rec in lane.merger.release(feed_idle):
+                for action in lane.processor.process(rec).actions:
+                    self._publish_action(action, res)
+
+    def _publish_action(self, action: DispatchAction, res: StepResult) -> None:
+        res.actions.append(action)
+        res.batch.add_action(action, topic=self.topics.actions)
+        res.outgoing.append(
+            Outgoing(
+                topic=self.topics.actions,
+                key=action.site_id.encode(),
+                value=encode(action),
+                timestamp_ms=int(action.interval_start.timestamp() * 1000),
+            )
+        )
+        self.counts["actions"] += 1
+
+    def _dead(self, m: Incoming, res: StepResult, error_type: str, reason: str) -> None:
+        raw = m.value or b""
+        dl = DeadLetter(
+            source_topic=m.topic,
+            source_partition=m.partition,
+            source_offset=m.offset,
+            key_base64=base64.b64encode(m.key).decode() if m.key is not None else None,
+            raw_base64=base64.b64encode(raw).decode(),
+            error_type=error_type,
+            reason=reason,
+            received_at=self._now(),
+        )
+        res.batch.add_dead_letter(dl, raw)
+        res.outgoing.append(Outgoing(topic=self.topics.dead_letters, key=m.key, value=encode(dl), timestamp_ms=None))
+        res.dead_letters += 1
+        self.counts["dead_letters"] += 1
