@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from dispatch.accounting import settle
-from dispatch.engine import DecisionInput, MeritOrderPolicy, Policy
+from dispatch.engine import DecisionInput, Policy
 from dispatch.processor import SiteProcessor
 from schemas.action import DispatchAction
 from schemas.feeds import DemandResponseEvent, GpuTelemetry, GridPrice, Hashprice
@@ -239,8 +239,6 @@ def make_policies(site: SiteConfig, realized: dict[datetime, float], strike: flo
         main = RollingHorizonPolicy()
     elif policy == "myopic":
         main = MyopicPolicy()
-    elif policy == "merit-order":
-        main = MeritOrderPolicy()
     else:
         raise ConfigError(f"unknown policy {policy!r}")
     return [
@@ -371,7 +369,7 @@ def add_backtest_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--settlement-point", default=None, help="settlement point (default: the site's)")
     p.add_argument("--from", dest="start", default=None, help="first interval (ISO date/time, UTC)")
     p.add_argument("--to", dest="end", default=None, help="end of the last interval, exclusive (ISO, UTC)")
-    p.add_argument("--policy", default="rolling", choices=["rolling", "myopic", "merit-order"],
+    p.add_argument("--policy", default="rolling", choices=["rolling", "myopic"],
                    help="policy under test (default: rolling horizon with the online forecast)")
     p.add_argument("--jobs", type=int, default=None, help="worker processes for the policies (default: CPUs)")
     p.add_argument("--strict", action="store_true", help="stop at the first bad input row instead of skipping it")

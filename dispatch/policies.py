@@ -324,7 +324,7 @@ class PlanningCore:
         limit = site.interconnect_mw
         limit_src = "interconnect"
         for e in in_force:
-            lim = e.obligation_mw if e.obligation_kind == "firm_service_level" else max((e.baseline_mw or 0.0) - e.obligation_mw, 0.0)
+            lim = e.obligation_mw if e.obligation_kind == "firm_service_level" else (e.baseline_mw or 0.0) - e.obligation_mw  # < 0: cannot be met
             if lim < limit:
                 limit, limit_src = lim, f"DR {e.program} {e.event_id}"
         tiers = cx.tiers
@@ -475,7 +475,7 @@ class FixedStrikePolicy(PlanningCore):
 
 class MyopicPolicy(PlanningCore):
     """Myopic breakeven: the last known RT price is the price of every coming interval
-    (the economics of :class:`dispatch.engine.MeritOrderPolicy`, with the fast core)."""
+    (the merit order of DESIGN.md)."""
 
     name = "myopic-breakeven"
 

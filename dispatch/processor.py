@@ -8,10 +8,10 @@ cannot disagree.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from dispatch.clock import IntervalClock
-from dispatch.engine import DecisionInput, EngineMemory, MeritOrderPolicy, Policy, remember
+from dispatch.engine import DecisionInput, EngineMemory, Policy, remember
 from dispatch.state import SiteState
 from schemas.action import DispatchAction
 from schemas.feeds import FeedRecord, GridPrice
@@ -28,7 +28,11 @@ class Outcome:
 class SiteProcessor:
     def __init__(self, site: SiteConfig, policy: Policy | None = None) -> None:
         self.site = site
-        self.policy = policy or MeritOrderPolicy()
+        if policy is None:
+            from dispatch.policies import RollingHorizonPolicy
+
+            policy = RollingHorizonPolicy()
+        self.policy = policy
         self.state = SiteState(site_id=site.site_id)
         self.memory = EngineMemory.initial(site)
         self.clock = IntervalClock(site.interval_minutes)
@@ -46,6 +50,10 @@ class SiteProcessor:
         if not self.clock.started and isinstance(record, GridPrice) and record.market == "RT":
             self.clock.start(t)
         return out
+
+    def decide_through(self, boundary: datetime) -> list[DispatchAction]:
+        """Decide every boundary up to and including ``boundary`` (a restart's last one)."""
+        return [self.decide(b) for b in self.clock.due(boundary + timedelta(microseconds=1))]
 
     def decide(self, boundary: datetime) -> DispatchAction:
         action = self.policy.decide(DecisionInput(self.site, self.state, self.memory, boundary))

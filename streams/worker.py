@@ -48,9 +48,39 @@ class DispatchWorker:
         self._caught_up_since: dict[TP, tuple[int, float]] = {}
         self.stats = {"batches": 0, "events": 0, "archive_retries": 0}
 
+        self.restored = self._restore()
         topic = self.app.topic(*settings.topics.inputs.values(), value_type=bytes, key_type=bytes)
         self.app.agent(topic, name="wattmix-dispatch", concurrency=1)(self._agent)
+        self.app.task(self._log_restore)
         self.app.timer(max(settings.idle_grace_s / 2, 0.05), name="wattmix-idle-flush")(self._tick)
+
+    def _restore(self) -> list:
+        """Rebuild every site's state from the archive (see :meth:`Pipeline.restore`)."""
+        from sinks.archive import read_actions, read_inputs_in_event_order
+
+        con = self.archive.connection()
+        reports = []
+        for site in self.settings.sites:
+            actions = read_actions(con, site.site_id)
+            row = con.execute(
+                "SELECT kafka_partition FROM grid_prices WHERE site_id = ? AND kafka_partition IS NOT NULL LIMIT 1",
+                [site.site_id],
+            ).fetchone()
+            rep = self.pipeline.restore(site.site_id, read_inputs_in_event_order(con, site.site_id), actions,
+                                        row[0] if row else None)
+            reports.append(rep)
+        return reports
+
+    async def _log_restore(self) -> None:
+        # a task, not __init__: Faust configures logging when the worker starts
+        for rep in self.restored:
+            if rep.inputs:
+                log.info("restored %s: %d archived events, %d actions re-derived (%d mismatched), "
+                         "resuming after %s, %d events pending", rep.site_id, rep.inputs, rep.actions,
+                         rep.mismatched, rep.resumed_after, rep.pending)
+            if rep.mismatched:
+                log.error("restored %s: %d re-derived actions differ from the archived ones: the engine "
+                          "is not deterministic on this history", rep.site_id, rep.mismatched)
 
     # -- the agent ------------------------------------------------------------------------
     async def _agent(self, stream: faust.StreamT) -> None:

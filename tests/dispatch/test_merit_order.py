@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dispatch.accounting import settle
+from dispatch.policies import MyopicPolicy
 from dispatch.processor import run_in_process
 from schemas.site import load_sample_site
 from tests import factories as f
@@ -15,7 +16,7 @@ H = 0.25
 
 def _run(prices, extra=(), hp=54.3):
     ev = [f.hashprice(hp)] + [f.rt_price(i, p) for i, p in enumerate(prices)] + list(extra)
-    return run_in_process(SITE, sorted(ev, key=lambda e: e.event_time()))
+    return run_in_process(SITE, sorted(ev, key=lambda e: e.event_time()), MyopicPolicy())
 
 
 def _units(a):

@@ -23,7 +23,7 @@ from wattmix.demo import committed_offsets
 def start_worker(bootstrap: str, db: Path, group: str, topic_suffix: str, log: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "wattmix", "worker", "--kafka", bootstrap, "--db", str(db),
            "--group", group, "--topic-suffix", topic_suffix]
-    return subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+    return subprocess.Popen(cmd, stdout=open(log, "ab"), stderr=subprocess.STDOUT,
                             env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True)
 
 
