@@ -10,14 +10,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# Project metadata first, then the packages (see [tool.setuptools] in pyproject.toml).
+# The source tree (.dockerignore keeps out .git, venvs, archives, tests); the packages are
+# listed in [tool.setuptools] of pyproject.toml.
 # No [broker] extra: production talks to Apache Kafka, not the embedded tansu broker.
-COPY pyproject.toml README.md ./
-COPY wattmix ./wattmix
-COPY schemas ./schemas
-COPY dispatch ./dispatch
-COPY streams ./streams
-COPY sinks ./sinks
+COPY . .
 RUN pip install . && wattmix --help > /dev/null
 
 # Unprivileged user; /data holds the DuckDB archive (a named volume in docker-compose.yml
