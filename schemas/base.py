@@ -7,7 +7,7 @@ an offset is ambiguous twice a year); every quantity has its unit in its name.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
@@ -19,12 +19,20 @@ SCHEMA_VERSION = 1
 PRICE_FLOOR_USD_MWH = -1_000.0
 PRICE_CAP_USD_MWH = 15_000.0
 
-# Events stamped further than this past the newest event are rejected as clock errors.
-MAX_FUTURE = timedelta(days=400)
+# Timestamps outside this window are clock or unit errors (epoch seconds read as ms, a
+# year 9999 sentinel), not energy-market facts.
+EARLIEST = datetime(2000, 1, 1, tzinfo=timezone.utc)
+LATEST = datetime(2100, 1, 1, tzinfo=timezone.utc)
 
 
 def _to_utc(value: datetime) -> datetime:
-    return value.astimezone(timezone.utc)
+    try:
+        utc = value.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError("timestamp out of range once converted to UTC") from None
+    if not EARLIEST <= utc < LATEST:
+        raise ValueError(f"timestamp {utc.isoformat()} outside {EARLIEST.year}..{LATEST.year - 1}")
+    return utc
 
 
 #: A timezone-aware timestamp, normalised to UTC once validated.

@@ -28,6 +28,11 @@ def encode_many(records: list[WireModel]) -> list[bytes]:
     return [orjson.dumps(r.model_dump(mode="python")) for r in records]
 
 
+def _printable(text: str) -> str:
+    """Escape control characters: a reason is one line, whatever the input's field names."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def explain(exc: ValidationError) -> str:
     """One line per problem: ``field: message (got value)``; first 5 problems."""
     parts = []
@@ -46,7 +51,7 @@ def explain(exc: ValidationError) -> str:
     more = exc.error_count() - len(parts)
     if more > 0:
         parts.append(f"... and {more} more")
-    return "; ".join(parts)
+    return _printable("; ".join(parts))
 
 
 def decode(model: type[M], raw: bytes | bytearray | memoryview | str | None) -> M:
@@ -59,5 +64,5 @@ def decode(model: type[M], raw: bytes | bytearray | memoryview | str | None) -> 
         return model.model_validate_json(raw)
     except ValidationError as exc:
         if exc.errors()[0].get("type") == "json_invalid":
-            raise DecodeError(f"{model.__name__}: not valid JSON: {exc.errors()[0]['msg']}") from None
+            raise DecodeError(f"{model.__name__}: not valid JSON: {_printable(exc.errors()[0]['msg'])}") from None
         raise DecodeError(f"{model.__name__}: {explain(exc)}") from None

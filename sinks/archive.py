@@ -24,10 +24,14 @@ Idempotency (re-delivery, replay, restart never duplicate a row)
       gpu_telemetry  (site_id, job_id, event_time)        -- event_time = observed_at
 
   i.e. the record's ``identity()`` plus its event time. Each batch is first de-duplicated in
-  Arrow (first occurrence wins), then anti-joined (``INSERT ... WHERE NOT EXISTS``) against
-  the table restricted to the batch's event-time range(s): zone maps skip every other row
-  group. A batch whose times have gaps over an hour (a late straggler) is split into up to 8
-  ranges, so a day-old re-delivery scans its own hour, not the whole day.
+  Arrow (first occurrence wins). The archive caches, per table, an upper bound of the
+  committed ``max(event_time)`` (the *watermark*; read once from the table, raised after each
+  commit, dropped after any failed write since a failed commit may have landed). Rows after
+  the watermark cannot be archived yet (their fact key holds their event time): plain INSERT.
+  Rows at or before it are anti-joined (``INSERT ... WHERE NOT EXISTS``) against the table
+  restricted to their event-time range(s), so zone maps skip every other row group; rows whose
+  times have gaps over an hour (late stragglers) are split into up to 8 ranges, so a day-old
+  re-delivery scans its own hour, not the whole day.
 
   Why not ``PRIMARY KEY`` + ``INSERT OR IGNORE`` here: measured by bench/bench_archive.py
   (1M gpu_telemetry rows, batches of 50k, 2 cores) the ART index ingests ~140k rows/s
@@ -618,6 +622,10 @@ class Archive:
         self._con: duckdb.DuckDBPyConnection | None = None     # for queries (connection())
         self._writer: duckdb.DuckDBPyConnection | None = None  # its own cursor: writes only
         self._closed = False
+        # per feed table: an upper bound of max(event_time) committed (epoch us; None = empty);
+        # absent = unknown (read from the table). Dropped on any failed write.
+        self._watermarks: dict[str, int | None] = {}
+        self._pending_watermarks: dict[str, int] = {}
         self._connect()
 
     # -- connection ---------------------------------------------------------------------
@@ -724,6 +732,7 @@ class Archive:
             assert con is not None
             inserted: dict[str, int] = {}
             current = "BEGIN"
+            self._pending_watermarks.clear()
             try:
                 con.begin()
                 for name in TABLES:
@@ -733,6 +742,7 @@ class Archive:
                 current = "COMMIT"
                 con.commit()
             except Exception as exc:
+                self._watermarks.clear()  # the commit may or may not have happened: re-read them
                 fatal = isinstance(exc, duckdb.FatalException) or "invalidated" in str(exc)
                 _rollback(con)
                 try:
@@ -745,6 +755,9 @@ class Archive:
                 where = f"writing {current} ({tables[current].num_rows} rows)" if current in tables else current
                 raise ArchiveError(f"archive {self.path}: batch of {len(batch)} rows not written "
                                    f"({where}): {_reason(exc)}", transient=transient) from exc
+            for name, hi in self._pending_watermarks.items():
+                wm = self._watermarks.get(name)
+                self._watermarks[name] = hi if wm is None else max(wm, hi)
         return WriteStats(offered, inserted, time.perf_counter() - t0)
 
     def _insert_table(self, con: duckdb.DuckDBPyConnection, name: str, data: pa.Table) -> int:
@@ -752,7 +765,12 @@ class Archive:
         cols = ", ".join(_q(c.name) for c in _columns_of(name))
         con.register(_STAGE, data)  # on failure, write_batch unregisters it after the rollback
         if name in FEED_SPECS:
-            n = _insert_new_facts(con, FEED_SPECS[name], data, cols)
+            if name not in self._watermarks:
+                (wm,) = con.execute(f"SELECT epoch_us(max(event_time)) FROM {name}").fetchall()[0]
+                self._watermarks[name] = wm
+            n = _insert_new_facts(con, FEED_SPECS[name], data, cols, self._watermarks[name])
+            if data.num_rows:
+                self._pending_watermarks[name] = pc.max(data.column("event_time")).cast(pa.int64()).as_py()
         else:
             sql = f"INSERT OR IGNORE INTO {name} ({cols}) SELECT {cols} FROM {_STAGE}"
             n = int(con.execute(sql).fetchall()[0][0])
@@ -806,45 +824,58 @@ def _rollback(con: duckdb.DuckDBPyConnection) -> None:
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
-def _time_ranges(times: pa.Array, max_gap_s: float = 3600.0, max_ranges: int = 8) -> list[tuple[datetime, datetime]]:
-    """Event-time ranges covering ``times``: a new range wherever two consecutive distinct
-    times are more than ``max_gap_s`` apart, so a late straggler costs a scan of its own hour,
-    not of everything between it and the rest of the batch. At most ``max_ranges`` ranges
-    (the smallest gaps are merged first)."""
-    us = times.cast(pa.int64())
+def _dt(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
+
+
+def _time_ranges(us: pa.Array, max_gap_s: float = 3600.0, max_ranges: int = 8) -> list[tuple[int, int]]:
+    """Ranges ``(lo, hi)`` (epoch microseconds, inclusive) covering the times ``us``: a new
+    range wherever two consecutive distinct times are more than ``max_gap_s`` apart, so a late
+    straggler costs a scan of its own hour, not of everything between it and the rest of the
+    batch. At most ``max_ranges`` ranges (the smallest gaps are merged first)."""
     mm = pc.min_max(us)
     lo, hi = mm["min"].as_py(), mm["max"].as_py()
     gap = int(max_gap_s * 1_000_000)
     if hi - lo <= gap:
-        vals, breaks = [lo, hi], []
-    else:
-        vals = pc.unique(us).sort().to_pylist()
-        breaks = [i for i in range(1, len(vals)) if vals[i] - vals[i - 1] > gap]
-        if len(breaks) >= max_ranges:
-            breaks = sorted(sorted(breaks, key=lambda i: vals[i] - vals[i - 1])[-(max_ranges - 1):])
+        return [(lo, hi)]
+    vals = pc.unique(us).sort().to_pylist()
+    breaks = [i for i in range(1, len(vals)) if vals[i] - vals[i - 1] > gap]
+    if len(breaks) >= max_ranges:
+        breaks = sorted(sorted(breaks, key=lambda i: vals[i] - vals[i - 1])[-(max_ranges - 1):])
     ranges, start = [], 0
     for b in breaks + [len(vals)]:
-        ranges.append((_EPOCH + timedelta(microseconds=vals[start]), _EPOCH + timedelta(microseconds=vals[b - 1])))
+        ranges.append((vals[start], vals[b - 1]))
         start = b
     return ranges
 
 
-def _insert_new_facts(con: duckdb.DuckDBPyConnection, spec: FeedTable, data: pa.Table, cols: str) -> int:
-    """Insert the rows of the staged batch whose fact key is not archived yet (anti-join
-    against the table restricted to the batch's event-time ranges)."""
+def _insert_new_facts(con: duckdb.DuckDBPyConnection, spec: FeedTable, data: pa.Table, cols: str,
+                      watermark_us: int | None) -> int:
+    """Insert the rows of the staged batch whose fact key is not archived yet; return how many.
+
+    ``watermark_us`` is an upper bound of the table's ``max(event_time)`` (None: empty table).
+    Rows after it cannot be archived yet (the fact key includes the event time): plain insert.
+    Rows at or before it are anti-joined against the table restricted to their time ranges.
+    """
     if data.num_rows == 0:
         return 0
     t = spec.name
-    key = " AND ".join(f"a.{_q(k)} = s.{_q(k)}" for k in spec.fact_key)
+    us = data.column("event_time").combine_chunks().cast(pa.int64())
+    old = None if watermark_us is None else us.filter(pc.less_equal(us, watermark_us))
+    n_old = 0 if old is None else len(old)
     total = 0
-    ranges = _time_ranges(data.column("event_time").combine_chunks())
-    for lo, hi in ranges:
-        in_range_s = "" if len(ranges) == 1 else "s.event_time BETWEEN $lo AND $hi AND "
-        sql = (
-            f"INSERT INTO {t} ({cols}) SELECT {cols} FROM {_STAGE} s WHERE {in_range_s}NOT EXISTS ("
-            f"SELECT 1 FROM {t} a WHERE a.event_time BETWEEN $lo AND $hi AND {key})"
-        )
-        total += int(con.execute(sql, {"lo": lo, "hi": hi}).fetchall()[0][0])
+    if n_old < len(us):
+        where, params = ("", {}) if n_old == 0 else ("WHERE s.event_time > $wm", {"wm": _dt(watermark_us)})
+        total += int(con.execute(f"INSERT INTO {t} ({cols}) SELECT {cols} FROM {_STAGE} s {where}",
+                                 params).fetchall()[0][0])
+    if n_old:
+        key = " AND ".join(f"a.{_q(k)} = s.{_q(k)}" for k in spec.fact_key)
+        for lo, hi in _time_ranges(old):
+            sql = (
+                f"INSERT INTO {t} ({cols}) SELECT {cols} FROM {_STAGE} s WHERE s.event_time BETWEEN $lo AND $hi "
+                f"AND NOT EXISTS (SELECT 1 FROM {t} a WHERE a.event_time BETWEEN $lo AND $hi AND {key})"
+            )
+            total += int(con.execute(sql, {"lo": _dt(lo), "hi": _dt(hi)}).fetchall()[0][0])
     return total
 
 

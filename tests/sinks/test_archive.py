@@ -256,14 +256,49 @@ def test_late_straggler_far_from_the_batch_is_deduplicated(arch: Archive):
 def test_time_ranges_split_on_gaps_and_are_capped():
     import pyarrow as pa
 
-    t = f.T0
-    times = pa.array([t, t + timedelta(minutes=5), t + timedelta(hours=5), t + timedelta(days=3)],
-                     pa.timestamp("us", tz="UTC"))
-    ranges = archive_mod._time_ranges(times)
-    assert ranges == [(t, t + timedelta(minutes=5)), (t + timedelta(hours=5),) * 2, (t + timedelta(days=3),) * 2]
-    many = pa.array([t + timedelta(days=d) for d in range(20)], pa.timestamp("us", tz="UTC"))
+    h = 3_600_000_000  # one hour in microseconds
+    us = pa.array([0, 5 * 60_000_000, 5 * h, 72 * h], pa.int64())
+    assert archive_mod._time_ranges(us) == [(0, 5 * 60_000_000), (5 * h, 5 * h), (72 * h, 72 * h)]
+    many = pa.array([d * 24 * h for d in range(20)], pa.int64())
     capped = archive_mod._time_ranges(many, max_ranges=4)
-    assert len(capped) == 4 and capped[0][0] == t and capped[-1][1] == t + timedelta(days=19)
+    assert len(capped) == 4 and capped[0][0] == 0 and capped[-1][1] == 19 * 24 * h
+    assert archive_mod._time_ranges(pa.array([7, 7, 7], pa.int64())) == [(7, 7)]
+
+
+def test_rows_before_and_after_the_watermark(arch: Archive):
+    first = [f.gpu_sample(f"j{j}", minute=m) for j in range(3) for m in range(10)]
+    arch.write_batch(_batch(inputs=[("gpu_telemetry", r) for r in first]))
+    # duplicates at and before the newest archived time, new rows before it, new rows after it
+    mixed = first[5:12] + [f.gpu_sample("new", minute=m) for m in range(0, 20)] + first[-1:]
+    stats = arch.write_batch(_batch(inputs=[("gpu_telemetry", r) for r in mixed]))
+    assert stats.inserted == {"gpu_telemetry": 20}
+    assert arch.counts()["gpu_telemetry"] == 50
+    assert arch.write_batch(_batch(inputs=[("gpu_telemetry", r) for r in mixed])).rows_inserted == 0
+
+
+class _LostAck:
+    """Wraps the writer connection: the first COMMIT succeeds but reports an I/O error."""
+
+    def __init__(self, con):
+        self._con, self.failed = con, False
+
+    def __getattr__(self, name):
+        return getattr(self._con, name)
+
+    def commit(self):
+        self._con.commit()
+        if not self.failed:
+            self.failed = True
+            raise duckdb.IOException("IO Error: connection reset while committing")
+
+
+def test_commit_that_succeeded_but_raised_is_retried_without_duplicates(arch: Archive):
+    arch.write_batch(_batch(inputs=[("gpu_telemetry", f.gpu_sample("j", minute=0))]))
+    arch._writer = _LostAck(arch._writer)
+    sleeps: list[float] = []
+    stats = arch.write_with_retry(full_batch(), attempts=3, sleep=sleeps.append)
+    assert len(sleeps) == 1 and stats.rows_inserted == 0  # the first attempt did commit
+    assert arch.counts() == {**EXPECTED, "gpu_telemetry": EXPECTED["gpu_telemetry"] + 1}
 
 
 # -- atomicity ---------------------------------------------------------------------------
