@@ -12,8 +12,9 @@ adapters.openadr       OpenADR 2.0b VEN -> DemandResponseEvent      ``openadr``
 adapters.gpu           DCGM-exporter / NVML / nvidia-smi -> GPU      ``nvml`` (NVML only)
 adapters.hashprice     hashprice from chain + market data; index   (none: aiohttp)
 adapters.grid          ERCOT RT/DA price poller, new intervals     (none: aiohttp)
-adapters.miners        actions -> miner fleets (cgminer/LuxOS API) (none; pyasic: ``miners``)
-adapters.gpujobs       actions -> Slurm / Kubernetes GPU jobs       (none)
+adapters.miners        miner fleets via the cgminer/LuxOS API      (none)
+adapters.miner_sim     a simulated miner speaking that API         (none)
+adapters.gpujobs       Slurm / Kubernetes GPU job pause/resume     (none)
 adapters.actuator      the actions consumer + actuation reports    (none)
 adapters.metrics       Prometheus registry + aiohttp routes         (none: aiohttp)
 =====================  ==========================================  =================

@@ -85,22 +85,31 @@ def dr_capacity_payment_usd(site: SiteConfig, hours: float) -> float:
     return sum(p.committed_mw * p.capacity_payment_usd_mw_h for p in site.dr_programs) * hours
 
 
+def settle_values(action: DispatchAction, price_usd_mwh: float, site: SiteConfig) -> tuple[float, ...]:
+    """The terms of :func:`settle` as plain floats, in the order of DESIGN.md: (mining_revenue,
+    gpu_value, energy_cost, hedge_pnl, dr_payment, dr_penalty, net). The one accounting code:
+    :func:`settle` is built on it; backtests call it directly in their loops."""
+    h = action.interval_minutes / 60.0
+    e = action.expected
+    energy = energy_cost_usd(price_usd_mwh, action.load_mw, h)
+    hedge = hedge_pnl_usd(site, price_usd_mwh, h)
+    mining, gpu, pay, pen = e.mining_revenue_usd, e.gpu_value_usd, e.dr_payment_usd, e.dr_penalty_usd
+    net = mining + gpu - energy + hedge + pay - pen
+    if not math.isfinite(net):
+        raise ValueError(f"P&L terms are not finite at {action.interval_start}: price {price_usd_mwh!r}")
+    return (float(mining), float(gpu), float(energy), float(hedge), float(pay), float(pen), float(net))
+
+
 def settle(action: DispatchAction, price_usd_mwh: float, site: SiteConfig) -> PnlTerms:
     """The action's P&L at a given (realized) price.
 
     Only energy cost and the hedge depend on the price; mining revenue, GPU value, DR payment
     and penalty were fixed by the decision itself, so they are taken from the action.
     """
-    h = action.interval_minutes / 60.0
-    e = action.expected
-    return Terms(
-        mining_revenue_usd=e.mining_revenue_usd,
-        gpu_value_usd=e.gpu_value_usd,
-        energy_cost_usd=energy_cost_usd(price_usd_mwh, action.load_mw, h),
-        hedge_pnl_usd=hedge_pnl_usd(site, price_usd_mwh, h),
-        dr_payment_usd=e.dr_payment_usd,
-        dr_penalty_usd=e.dr_penalty_usd,
-    ).model()
+    v = settle_values(action, price_usd_mwh, site)
+    return trusted(PnlTerms, {
+        "schema_version": 1, "mining_revenue_usd": v[0], "gpu_value_usd": v[1], "energy_cost_usd": v[2],
+        "hedge_pnl_usd": v[3], "dr_payment_usd": v[4], "dr_penalty_usd": v[5], "net_usd": v[6]})
 
 
 def trusted(cls, values: dict):

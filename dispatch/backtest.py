@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from dispatch.accounting import settle
+from dispatch.accounting import settle_values
 from dispatch.engine import DecisionInput, Policy
 from dispatch.processor import SiteProcessor
 from schemas.action import DispatchAction
@@ -178,47 +178,55 @@ def run_policy(site: SiteConfig, policy: Policy, records: list[Any], realized: d
         cols[k] = []
     unsettled = 0
     h = site.interval_minutes / 60.0
-    c_start, c_known, c_exp, c_real, c_hp = (cols[k] for k in (
-        "interval_start", "price_known_usd_mwh", "price_expected_usd_mwh", "price_realized_usd_mwh",
-        "hashprice_usd_per_ph_day"))
-    c_terms = [(k, cols[k]) for k in TERMS]
-    c_fleet = {f: cols[f"mw_{f}"] for f in fleets}
-    c_gmw = {c: cols[f"mw_{c}"] for c in classes}
-    c_grun = {c: cols[f"gpus_running_{c}"] for c in classes}
-    c_tier = {c: cols[f"tier_{c}"] for c in classes}
     t0 = time.perf_counter()
     process = proc.process
-    # actions are settled and flattened as they come (nothing accumulates but plain columns)
-    for r in records:
-        out = process(r)
-        if not out.actions:
-            continue
-        for a in out.actions:
-            p = realized.get(a.interval_start)
-            if p is None:
-                unsettled += 1
-                continue
-            pnl = settle(a, p, site)
-            c_start.append(a.interval_start)
-            c_known.append(a.price_known_usd_mwh)
-            c_exp.append(a.price_expected_usd_mwh)
-            c_real.append(p)
-            c_hp.append(a.hashprice_usd_per_ph_day)
-            for fd in a.fleets:
-                c_fleet[fd.fleet].append(fd.power_mw)
-            for g in a.gpus:
-                c_gmw[g.gpu_class].append(g.power_mw)
-                c_grun[g.gpu_class].append(g.gpus_running)
-                c_tier[g.gpu_class].append(g.power_cap_tier)
-            cols["load_mw"].append(a.load_mw)
-            cols["sold_back_mw"].append(a.sold_back_mw)
-            cols["sold_back_mwh"].append(a.sold_back_mw * h)
-            for k, col in c_terms:
-                col.append(getattr(pnl, k))
-            cols["dr_limit_mw"].append(a.dr.limit_mw)
-            cols["shortfall_mw"].append(a.dr.shortfall_mw)
-            cols["shortfall_mwh"].append(a.dr.shortfall_mw * h)
-            cols["reasons"].append("; ".join(a.reasons))
+    get = realized.get
+    # the run allocates many small objects and frees few: cyclic GC passes over them are pure
+    # overhead (nothing here makes reference cycles that outlive the run)
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        acts: list[DispatchAction] = []
+        real: list[float] = []
+        for r in records:
+            out = process(r)
+            if out.actions:
+                for a in out.actions:
+                    p = get(a.interval_start)
+                    if p is None:
+                        unsettled += 1
+                        continue
+                    acts.append(a)
+                    real.append(p)
+        # settled and flattened into plain columns once the run is done (list comprehensions)
+        vals = [settle_values(a, p, site) for a, p in zip(acts, real)]
+    finally:
+        if gc_was:
+            gc.enable()
+    cols["interval_start"] = [a.interval_start for a in acts]
+    cols["price_known_usd_mwh"] = [a.price_known_usd_mwh for a in acts]
+    cols["price_expected_usd_mwh"] = [a.price_expected_usd_mwh for a in acts]
+    cols["price_realized_usd_mwh"] = real
+    cols["hashprice_usd_per_ph_day"] = [a.hashprice_usd_per_ph_day for a in acts]
+    for i, f in enumerate(fleets):
+        cols[f"mw_{f}"] = [a.fleets[i].power_mw for a in acts]
+    for c in classes:
+        i = [g.gpu_class for g in acts[0].gpus].index(c) if acts else 0
+        gs = [a.gpus[i] if a.gpus[i].gpu_class == c else next(g for g in a.gpus if g.gpu_class == c) for a in acts]
+        cols[f"mw_{c}"] = [g.power_mw for g in gs]
+        cols[f"gpus_running_{c}"] = [g.gpus_running for g in gs]
+        cols[f"tier_{c}"] = [g.power_cap_tier for g in gs]
+    cols["load_mw"] = [a.load_mw for a in acts]
+    cols["sold_back_mw"] = sb = [a.sold_back_mw for a in acts]
+    cols["sold_back_mwh"] = [x * h for x in sb]
+    for j, k in enumerate(TERMS):
+        cols[k] = [v[j] for v in vals]
+    drs = [a.dr for a in acts]
+    cols["dr_limit_mw"] = [d.limit_mw for d in drs]
+    cols["shortfall_mw"] = sf = [d.shortfall_mw for d in drs]
+    cols["shortfall_mwh"] = [x * h for x in sf]
+    cols["reasons"] = ["; ".join(a.reasons) for a in acts]
+    del acts, vals, drs
     seconds = time.perf_counter() - t0
     totals = {k: math.fsum(cols[k]) for k in TERMS}
     totals["intervals"] = len(cols["interval_start"])

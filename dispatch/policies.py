@@ -25,7 +25,9 @@ What differs between policies is only :meth:`PlanningCore.price_path`:
 ``MyopicPolicy``          last known RT price for every interval (= the merit order, fast)
 ``PerfectForesightPolicy`` the realized prices of the coming intervals (an ORACLE: the only
                           policy allowed to peek; it is the upper bound of the scoring)
-``RollingHorizonPolicy``  the online-learned forecast of :mod:`dispatch.forecast`
+``RollingHorizonPolicy``  the online-learned forecast of :mod:`dispatch.forecast` (body + calibrated
+                          spike probability x expected size); 4CP alerts (advisory DR events) add
+                          their expected transmission saving to the decision price of every policy
 ========================  =================================================================
 
 Rolling horizon: the exact optimum over the horizon is found by dynamic programming rather
@@ -69,6 +71,11 @@ class _Class:
     name: str
     min_pause: int  # intervals
     pause_cost_per_gpu: float
+    default_gpus: int = 0         # without GPU telemetry: the class's share of the fleet
+    default_mw_gpu: float = 0.0
+    v0: float = 0.0               # $/GPU-h at tier 0's throughput
+    pf0: float = 1.0              # power fraction of tier 0
+    cap_min_usd_h: float = math.inf  # price x MW/GPU ($/GPU-h) under which no cap tier pays
 
 
 class _SiteCtx:
@@ -91,9 +98,33 @@ class _SiteCtx:
                    c.value_usd_per_gpu_hour * c.pause_cost_minutes / 60.0)
             for c in (site.gpus.classes if site.gpus else [])
         ]
+        for cl in self.classes:
+            c = cl.cfg
+            cl.default_gpus = int(round(site.gpus.count * c.share))
+            cl.default_mw_gpu = site.gpus.grid_mw_per_gpu
+            v = c.value_usd_per_gpu_hour
+            pf0, thr0 = self.tiers[0]
+            cl.v0 = v * thr0
+            cl.pf0 = pf0
+            if c.power_cappable:
+                # tier k beats tier 0 only if p x mw x (pf0 - pf_k) > v x (thr0 - thr_k)
+                for pf, thr in self.tiers[1:]:
+                    if pf < pf0 and thr < thr0:
+                        cl.cap_min_usd_h = min(cl.cap_min_usd_h, v * (thr0 - thr) / (pf0 - pf))
+                    else:
+                        cl.cap_min_usd_h = -math.inf
+                cl.cap_min_usd_h *= 0.999  # margin of safety: the exact comparison decides near it
+        self.fourcp_rate = site.transmission_4cp_usd_mw_year or 0.0
+        self.fourcp_prob = site.fourcp_peak_probability
         self.hedge_q = site.hedge.quantity_mw if site.hedge else 0.0
         self.hedge_k = site.hedge.price_usd_mwh if site.hedge else 0.0
         self.dr_payment = sum(p.committed_mw * p.capacity_payment_usd_mw_h for p in site.dr_programs) * self.h
+
+
+def _plus(path: list[float], adders: list[float] | None) -> list[float]:
+    if not adders:
+        return path
+    return [p + (adders[k] if k < len(adders) else 0.0) for k, p in enumerate(path)]
 
 
 def _best_tier(cfg: GpuClassConfig, tiers, mw_gpu: float, p: float, cappable: bool) -> tuple[int, float]:
@@ -188,6 +219,7 @@ class PlanningCore:
         self._bes: dict[float, dict[str, float]] = {}
         self._fd: dict[tuple, FleetDispatch] = {}
         self._gd: dict[tuple, GpuClassDispatch] = {}
+        self._st: dict[tuple, tuple] = {}
 
     # -- to override --------------------------------------------------------------------
     def price_path(self, inp: DecisionInput, p_known: float) -> list[float]:
@@ -212,6 +244,7 @@ class PlanningCore:
             self._bes.clear()
             self._fd.clear()
             self._gd.clear()
+            self._st.clear()
         return self._ctx  # type: ignore[return-value]
 
     def decide(self, inp: DecisionInput) -> DispatchAction:
@@ -221,13 +254,24 @@ class PlanningCore:
         if last is None:
             raise EngineError("no real-time price known: the clock must not start before the first price")
         p_known = last[1]
-        prices = self.price_path(inp, p_known)
-        p_exp = prices[0]
+        raw = self.price_path(inp, p_known)   # expected prices (the P&L uses these)
+        prices = raw                           # decision prices (+ a 4CP alert's value)
+        p_exp = raw[0]
         h = cx.h
         reasons: list[str] = []
         hp = state.hashprice.usd_per_ph_day if state.hashprice is not None else None
         upcoming = state.upcoming_obligations(t) if state.dr_events else []
         in_force = [e for e in upcoming if e.start <= t and e.obligation_kind != "advisory"]
+        adders = None
+        if upcoming and cx.fourcp_rate:
+            adv = [e for e in upcoming if e.obligation_kind == "advisory" and e.start < t + cx.step * self.horizon]
+            if adv:
+                adders = self._fourcp_adders(cx, t, adv)
+                prices = _plus(raw, adders)
+                if adders[0]:
+                    reasons.append("4CP alert " + ", ".join(e.event_id for e in adv if e.start <= t < e.end)
+                                   + f": curtailing is worth ${adders[0]:,.0f}/MWh of transmission charge")
+        p_dec = prices[0]
 
         # -- miners ----------------------------------------------------------------------
         units: dict[str, int] = {}
@@ -242,22 +286,23 @@ class PlanningCore:
                 units[f.name] = fm.units_online
                 continue
             be = bes[f.name]
-            held = (
-                10**6 if fm.changed_at is None
-                else int((t - fm.changed_at) / cx.step)
-            ) if (fl.hold_on > 1 or fl.hold_off > 1 or fm.changed_at is not None) else 10**6
+            long_hold = fl.hold_on > 1 or fl.hold_off > 1
+            # intervals since the last change (only needed when a hold time can bind)
+            held = 10**6 if fm.changed_at is None or not long_hold else int((t - fm.changed_at) / cx.step)
             if not self.flex_mining:
                 want_on = True
-            elif (fl.hold_on > 1 or fl.hold_off > 1) and type(self).mining_on is PlanningCore.mining_on:
+            elif long_hold and type(self).mining_on is PlanningCore.mining_on:
                 # hold times longer than one interval: the exact DP over the price path
-                prices = self.full_path(inp, p_known, prices)
+                raw = self.full_path(inp, p_known, raw)
+                prices = _plus(raw, adders) if adders else raw
                 margins = [(be - p) * fl.mw_unit for p in prices]
                 want_on = fleet_on_dp(margins, h, on_now, held, fl.hold_on, fl.hold_off)
             else:
                 want_on = self.mining_on(fl, be, prices, p_known)
             want = f.units if want_on else 0
-            # hold times (a constraint for every policy)
-            if want != fm.units_online and fm.changed_at is not None:
+            # hold times (a constraint for every policy; a one-interval hold never binds:
+            # the last change was at least one interval ago)
+            if want != fm.units_online and fm.changed_at is not None and long_hold:
                 if want < fm.units_online and held < fl.hold_on:
                     want = fm.units_online
                     reasons.append(f"{f.name}: kept on, min on-time")
@@ -285,13 +330,17 @@ class PlanningCore:
                     gpus = dm.gpus
                     mw_gpu = (dm.power_kw / dm.gpus if dm.gpus else fleet.power_kw_per_gpu) * fleet.pue / 1000.0
                 else:
-                    gpus = int(round(fleet.count * cfg.share))
-                    mw_gpu = fleet.grid_mw_per_gpu
+                    gpus = cl.default_gpus
+                    mw_gpu = cl.default_mw_gpu
                 plan = [cfg, gpus, mw_gpu, gpus, 0]
                 gplans[cl.name] = plan
                 if gpus == 0 or not self.flex_gpus:
                     continue
-                tier, margin = _best_tier(cfg, cx.tiers, mw_gpu, p_exp, cfg.power_cappable)
+                if p_dec * mw_gpu < cl.cap_min_usd_h:
+                    # below the price at which any power cap pays: full power (closed form)
+                    tier, margin = 0, cl.v0 - p_dec * mw_gpu * cl.pf0
+                else:
+                    tier, margin = _best_tier(cfg, cx.tiers, mw_gpu, p_dec, cfg.power_cappable)
                 plan[4] = tier
                 if tier:
                     reasons.append(f"{cl.name}: power-capped to {cx.tiers[tier][0]:.0%}")
@@ -309,7 +358,8 @@ class PlanningCore:
                 if cl.pause_cost_per_gpu <= 0 and cl.min_pause <= 1:
                     pause = margin < 0
                 else:
-                    prices = self.full_path(inp, p_known, prices)
+                    raw = self.full_path(inp, p_known, raw)
+                    prices = _plus(raw, adders) if adders else raw
                     margins = [margin] + [
                         _best_tier(cfg, cx.tiers, mw_gpu, p, cfg.power_cappable)[1] for p in prices[1:]
                     ]
@@ -378,8 +428,36 @@ class PlanningCore:
         return self._action(cx, state, t, p_known, p_exp, hp, units, gplans, total, limit, in_force,
                             shortfall, pause_cost, reasons)
 
-    def _action(self, cx: _SiteCtx, state: SiteState, t: datetime, p_known, p_exp, hp, units, gplans,
-                total, limit, in_force, shortfall, pause_cost, reasons) -> DispatchAction:
+    def _fourcp_adders(self, cx: _SiteCtx, t: datetime, adv: list) -> list[float]:
+        """$/MWh that curtailing is worth in each interval of the horizon under 4CP alerts.
+
+        Cutting dMW in the interval that turns out to be the month's system peak saves
+        ``rate x dMW / 4`` (the charge is on the average load of the 4 summer peaks). The peak
+        is in the alert window with probability ``fourcp_peak_probability``, in any one of its
+        ``n`` intervals alike, so each interval's curtailment is worth
+        ``P x rate / (4 n h)`` $/MWh: added to the decision price (not to the P&L, whose terms
+        are the energy identity of DESIGN.md); the merit order and the pause DP then weigh it
+        against each load's margin like any price."""
+        n = max(1, self.horizon)
+        out = [0.0] * n
+        step = cx.step
+        for e in adv:
+            n_e = max(1, math.ceil((e.end - e.start) / step))
+            a = cx.fourcp_prob * cx.fourcp_rate / (4.0 * n_e * cx.h)
+            for k in range(n):
+                s = t + step * k
+                if e.start <= s < e.end:
+                    out[k] += a
+        return out
+
+    def _static(self, cx: _SiteCtx, state: SiteState, hp, units, gplans, total, limit, in_force, shortfall):
+        """The price-independent part of an action: (fleets, gpus, mining $, gpu $, paused jobs,
+        dr, penalty rate). Cached: between two changes of the dispatch it is the same objects."""
+        key = (hp, tuple(units.values()), tuple((g[1], g[2], g[3], g[4]) for g in gplans.values()),
+               total, limit, shortfall, tuple(e.event_id for e in in_force) if in_force else ())
+        hit = self._st.get(key) if not state.gpu_jobs else None
+        if hit is not None:
+            return hit
         site = cx.site
         h = cx.h
         fleets = []
@@ -401,7 +479,7 @@ class PlanningCore:
             fleets.append(fd)
         tiers = cx.tiers
         gpus = []
-        gpu_value = -pause_cost
+        gpu_value = 0.0
         paused_jobs: list[str] = []
         for c, g in gplans.items():
             cfg, demand, mw_gpu, running, tier = g
@@ -420,6 +498,23 @@ class PlanningCore:
             if running < demand and state.gpu_jobs:
                 paused_jobs.extend(_jobs_to_pause(state, c, demand - running))  # type: ignore[arg-type]
         penalty_rate = max((e.penalty_usd_mwh for e in in_force), default=0.0)
+        dr = trusted(DrStatusInAction, {
+            "schema_version": 1, "active_event_ids": [e.event_id for e in in_force],
+            "limit_mw": limit if in_force else None, "shortfall_mw": shortfall})
+        out = (fleets, gpus, mining_rev, gpu_value, paused_jobs, dr, penalty_rate)
+        if not state.gpu_jobs:
+            if len(self._st) > 4096:
+                self._st.clear()
+            self._st[key] = out
+        return out
+
+    def _action(self, cx: _SiteCtx, state: SiteState, t: datetime, p_known, p_exp, hp, units, gplans,
+                total, limit, in_force, shortfall, pause_cost, reasons) -> DispatchAction:
+        site = cx.site
+        h = cx.h
+        fleets, gpus, mining_rev, gpu_value, paused_jobs, dr, penalty_rate = self._static(
+            cx, state, hp, units, gplans, total, limit, in_force, shortfall)
+        gpu_value -= pause_cost
         energy = p_exp * total * h
         hedge = (p_exp - cx.hedge_k) * cx.hedge_q * h
         penalty = shortfall * h * penalty_rate
@@ -430,19 +525,17 @@ class PlanningCore:
             "schema_version": 1, "mining_revenue_usd": mining_rev, "gpu_value_usd": gpu_value,
             "energy_cost_usd": energy, "hedge_pnl_usd": hedge, "dr_payment_usd": cx.dr_payment,
             "dr_penalty_usd": penalty, "net_usd": net})
-        dr = trusted(DrStatusInAction, {
-            "schema_version": 1, "active_event_ids": [e.event_id for e in in_force],
-            "limit_mw": limit if in_force else None, "shortfall_mw": shortfall})
+        note = self.note()
         if not reasons:
-            reasons.append(f"no change: expected ${p_exp:,.2f}/MWh{self.note()}")
-        elif self.note():
-            reasons.append(self.note().lstrip("; "))
+            reasons.append(f"no change: expected ${p_exp:,.2f}/MWh{note}")
+        elif note:
+            reasons.append(note.lstrip("; "))
         return trusted(DispatchAction, {
             "schema_version": 1, "site_id": site.site_id, "interval_start": t,
             "interval_minutes": site.interval_minutes, "engine": self.name,
             "price_known_usd_mwh": p_known, "price_expected_usd_mwh": p_exp,
             "hashprice_usd_per_ph_day": hp, "fleets": fleets, "gpus": gpus,
-            "paused_job_ids": paused_jobs, "load_mw": total,
+            "paused_job_ids": list(paused_jobs), "load_mw": total,
             "sold_back_mw": max(cx.hedge_q - total, 0.0) if site.hedge else 0.0,
             "dr": dr, "expected": terms, "reasons": reasons})
 
@@ -517,7 +610,7 @@ class PerfectForesightPolicy(PlanningCore):
 class RollingHorizonPolicy(PlanningCore):
     """The engine: rolling-horizon DP over the online-learned price forecast."""
 
-    name = "rolling-horizon/1"
+    name = "rolling-horizon/2"  # /2: body hierarchy + online spike-probability tail (forecast.py)
 
     def __init__(self, horizon: int = DEFAULT_HORIZON, forecaster=None) -> None:
         super().__init__()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from bisect import insort
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 
 from schemas.base import GPU_CLASSES, GpuClass
 from schemas.feeds import DemandResponseEvent, GpuTelemetry, GridPrice, Hashprice
@@ -98,9 +98,10 @@ class SiteState:
         return [self.rt_prices[t] for t in self.rt_order[-n:]]
 
     def da_price_at(self, t: datetime) -> float | None:
-        from datetime import timedelta
-
         minutes = self.da_minutes
+        if t.tzinfo is timezone.utc and 60 % minutes == 0:
+            # fast path (UTC, periods dividing the hour): the period start by field arithmetic
+            return self.da_prices.get(t.replace(minute=t.minute - t.minute % minutes, second=0, microsecond=0))
         epoch_minutes = int(t.timestamp() // 60)
         start = t - timedelta(minutes=epoch_minutes % minutes, seconds=t.second, microseconds=t.microsecond)
         return self.da_prices.get(start)

@@ -66,3 +66,16 @@ def decode(model: type[M], raw: bytes | bytearray | memoryview | str | None) -> 
         if exc.errors()[0].get("type") == "json_invalid":
             raise DecodeError(f"{model.__name__}: not valid JSON: {_printable(exc.errors()[0]['msg'])}") from None
         raise DecodeError(f"{model.__name__}: {explain(exc)}") from None
+
+
+def decode_samples(model: type[M], batch_model: type[WireModel] | None, raw: bytes | bytearray | memoryview | str | None) -> list[M]:
+    """A feed message that is either one ``model`` record or a ``batch_model`` record carrying
+    many of them in ``samples`` (e.g. :class:`~schemas.feeds.GpuTelemetryBatch`). Returns the
+    records in message order; raises :class:`DecodeError` with a reason, as :func:`decode`.
+
+    The batch form is recognised by a ``"samples"`` key: it cannot occur unescaped inside a
+    JSON string, and a single record with such a key is invalid either way (closed models).
+    """
+    if batch_model is not None and raw is not None and (b'"samples"' in raw if not isinstance(raw, str) else '"samples"' in raw):
+        return decode(batch_model, raw).samples  # type: ignore[attr-defined]
+    return [decode(model, raw)]

@@ -133,6 +133,10 @@ class Hashprice(WireModel):
 
 GpuJobState = Literal["running", "paused", "queued", "completed"]
 
+#: Samples per :class:`GpuTelemetryBatch` message at most (~190 B each: ~760 kB, under the
+#: codec's 1 MB message limit).
+MAX_BATCH_SAMPLES = 4_000
+
 
 class GpuTelemetry(WireModel):
     """One sample of a GPU job: its class, size and power draw (IT power, before PUE)."""
@@ -151,6 +155,35 @@ class GpuTelemetry(WireModel):
 
     def identity(self) -> str:
         return f"{self.site_id}|{self.job_id}|{self.observed_at.isoformat()}"
+
+
+class GpuTelemetryBatch(WireModel):
+    """Many GPU samples in one message, as exporters send them (one scrape of a cluster).
+
+    Carried on the GPU telemetry topic next to single :class:`GpuTelemetry` messages (both
+    forms are accepted there). Every sample is a complete ``GpuTelemetry``, validated exactly
+    as a single-sample message would be; one invalid sample rejects the whole message (it is
+    dead-lettered with the sample's index in the reason). Samples are archived and folded
+    one by one, in list order, as if each had been sent alone; each is merged at its own
+    event time.
+    """
+
+    site_id: SiteId = Field(min_length=1, max_length=64)
+    samples: list[GpuTelemetry] = Field(min_length=1, max_length=MAX_BATCH_SAMPLES)
+
+    @model_validator(mode="after")
+    def _check(self) -> "GpuTelemetryBatch":
+        for i, s in enumerate(self.samples):
+            if s.site_id != self.site_id:
+                raise ValueError(f"samples.{i}.site_id {s.site_id!r} differs from the batch's site_id {self.site_id!r}")
+        return self
+
+    def event_time(self) -> datetime:
+        """The newest sample's time (what a producer orders and stamps the message by)."""
+        return max(s.observed_at for s in self.samples)
+
+    def identity(self) -> str:
+        return f"{self.site_id}|batch|{self.samples[0].identity()}|{len(self.samples)}"
 
 
 FeedRecord = GridPrice | DemandResponseEvent | Hashprice | GpuTelemetry

@@ -126,6 +126,13 @@ class SiteConfig(_Config):
     miner_fleets: list[MinerFleet] = Field(default_factory=list)
     gpus: GpuFleet | None = None
     dr_programs: list[DrProgram] = Field(default_factory=list)
+    transmission_4cp_usd_mw_year: float | None = Field(
+        default=None, ge=0,
+        description="4CP transmission charge, $/MW-year of the site's average load in the 4 summer peak "
+                    "intervals (ERCOT TCOS); with it, advisory (4CP) DR events make curtailment pay")
+    fourcp_peak_probability: float = Field(
+        default=0.25, ge=0, le=1,
+        description="probability that a 4CP alert window holds its month's system peak interval")
 
     @model_validator(mode="after")
     def _check(self) -> "SiteConfig":

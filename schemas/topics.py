@@ -7,8 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from schemas.action import DispatchAction
+from schemas.actuation import Actuation
 from schemas.dead_letter import DeadLetter
-from schemas.feeds import DemandResponseEvent, GpuTelemetry, GridPrice, Hashprice
+from schemas.feeds import DemandResponseEvent, GpuTelemetry, GpuTelemetryBatch, GridPrice, Hashprice
 from schemas.base import WireModel
 
 
@@ -17,12 +18,14 @@ class Feed:
     name: str            # short name, also the archive table name
     topic: str           # default Kafka topic
     model: type[WireModel]
+    #: a record carrying many ``model`` records in ``samples``, also accepted on the topic
+    batch_model: type[WireModel] | None = None
 
 
 PRICES = Feed("grid_prices", "wattmix.grid-prices", GridPrice)
 DR_EVENTS = Feed("dr_events", "wattmix.dr-events", DemandResponseEvent)
 HASHPRICE = Feed("hashprice", "wattmix.hashprice", Hashprice)
-GPU_TELEMETRY = Feed("gpu_telemetry", "wattmix.gpu-telemetry", GpuTelemetry)
+GPU_TELEMETRY = Feed("gpu_telemetry", "wattmix.gpu-telemetry", GpuTelemetry, GpuTelemetryBatch)
 
 INPUT_FEEDS: tuple[Feed, ...] = (PRICES, DR_EVENTS, HASHPRICE, GPU_TELEMETRY)
 FEEDS_BY_NAME = {f.name: f for f in INPUT_FEEDS}
@@ -30,15 +33,18 @@ FEEDS_BY_TOPIC = {f.topic: f for f in INPUT_FEEDS}
 
 ACTIONS = Feed("actions", "wattmix.actions", DispatchAction)
 DEAD_LETTERS = Feed("dead_letters", "wattmix.dead-letters", DeadLetter)
+#: what the actuators (adapters/) actually did, so DR performance is measured from reality
+ACTUATIONS = Feed("actuations", "wattmix.actuations", Actuation)
 
-ALL_TOPICS: tuple[str, ...] = tuple(f.topic for f in INPUT_FEEDS) + (ACTIONS.topic, DEAD_LETTERS.topic)
+ALL_TOPICS: tuple[str, ...] = tuple(f.topic for f in INPUT_FEEDS) + (ACTIONS.topic, DEAD_LETTERS.topic,
+                                                                  ACTUATIONS.topic)
 
 #: default partition count; every wattmix topic must have the same one (co-partitioning).
 DEFAULT_PARTITIONS = 4
 
 
 def feed_for_record(record: WireModel) -> Feed:
-    for f in INPUT_FEEDS + (ACTIONS, DEAD_LETTERS):
+    for f in INPUT_FEEDS + (ACTIONS, DEAD_LETTERS, ACTUATIONS):
         if type(record) is f.model:
             return f
     raise TypeError(f"no feed carries {type(record).__name__}")

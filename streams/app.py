@@ -2,7 +2,8 @@
 
 Faust is used for what it is good at (consumer groups, partition assignment, offset
 commits, the producer) and kept out of the hot path: topics carry raw bytes (``faust.Record``
-costs 17.7 us per event here, orjson + pydantic 3-5 us) and agents take events in batches.
+costs 17.7 us per event here, orjson + pydantic 3-5 us) and whole fetches are delivered to the
+worker by :class:`streams.batching.BatchConsumer` instead of Faust's per-message stream path.
 """
 
 from __future__ import annotations
@@ -53,10 +54,14 @@ class WorkerSettings:
     app_id: str = "wattmix-worker"
     topics: TopicNames = field(default_factory=TopicNames)
     partitions: int = DEFAULT_PARTITIONS
-    # Batching: up to this many events per agent step, or whatever arrived within `batch_within_s`.
-    # 2,000 events of ~200 B decode+fold in ~10 ms, so latency stays low and per-step costs amortize.
-    batch_max: int = 2000
-    batch_within_s: float = 0.05
+    # Batching: a step takes whatever one fetch returned, up to `batch_max` records (aiokafka's
+    # max_poll_records). ~10,000 events decode+fold in ~0.3 s; DuckDB commits cost ~10 ms each,
+    # so larger steps amortize them. Under a light load a fetch returns what arrived, at once.
+    batch_max: int = 10_000
+    # Fetch size per partition: Faust's default 1 MB caps a fetch at ~5,000 records of 200 B.
+    fetch_partition_max_bytes: int = 4 * 1024 * 1024
+    # How long the broker may hold a fetch when no data is there (the latency floor when idle).
+    fetch_max_wait_s: float = 0.05
     # The first JoinGroup on tansu waits about half the session timeout; 10 s keeps start-up short
     # and is still above Faust's heartbeat interval (3 s).
     session_timeout_s: float = 10.0
@@ -69,6 +74,14 @@ class WorkerSettings:
     # in flight from another producer (prices and telemetry come from different processes)
     # still makes it into the interval it belongs to. Decisions wait at most this long.
     idle_grace_s: float = 0.1
+    # ...except a caught-up feed whose newest event sits exactly on the boundary the site decides
+    # next (a real-time price is published at its interval's end, i.e. on the boundary): it idles
+    # at once, so a price at a boundary triggers the decision as soon as every other feed is
+    # caught up or past the boundary. Assumes a feed's producer writes everything stamped at
+    # that instant together (one produce request); switch off to always wait `idle_grace_s`.
+    boundary_fast_path: bool = True
+    # How often held-back events are re-checked for release (the timer).
+    tick_s: float = 0.02
     # Extra Kafka client settings (SASL/TLS...), passed to Faust as-is.
     broker_credentials: object | None = None
 
@@ -98,4 +111,6 @@ def create_app(settings: WorkerSettings) -> faust.App:
         producer_linger=0.005,
         stream_buffer_maxsize=max(4096, settings.batch_max * 2),
         broker_max_poll_records=settings.batch_max,
+        consumer_max_fetch_size=settings.fetch_partition_max_bytes,
+        broker_commit_every=max(10_000, settings.batch_max * 4),
     )

@@ -9,14 +9,14 @@ is dropped and nothing raises: one bad message must not stop a site's dispatch.
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from dispatch.clock import FeedMerger
 from dispatch.processor import SiteProcessor
 from schemas.action import DispatchAction
-from schemas.codec import decode, encode
+from schemas.codec import decode, decode_samples, encode
 from schemas.dead_letter import DeadLetter
 from schemas.feeds import FeedRecord
 from schemas.site import SiteConfig
@@ -109,6 +109,22 @@ class Pipeline:
     def partitions_in_use(self) -> set[int]:
         return {lane.partition for lane in self.lanes.values() if lane.partition is not None}
 
+    def at_boundary(self, feed_name: str, partition: int) -> bool:
+        """True when, for every site on ``partition`` with events waiting in the merge, the
+        newest ``feed_name`` event is stamped exactly on the boundary that site decides next
+        (a real-time price is published at its interval's end). A caught-up feed in that state
+        can bring nothing the decision needs unless its producer splits one instant's records
+        across produce requests (see ``WorkerSettings.boundary_fast_path``)."""
+        found = False
+        for lane in self.lanes.values():
+            if lane.partition != partition or not len(lane.merger):
+                continue
+            nb = lane.processor.clock.next_boundary
+            if nb is None or lane.merger.newest.get(feed_name) != nb:
+                return False
+            found = True
+        return found
+
     # ---------------------------------------------------------------------------------
     def restore(self, site_id: str, archived_inputs: Iterable[tuple[str, FeedRecord]],
                 archived_actions: list[DispatchAction], partition: int | None) -> RestoreReport:
@@ -156,25 +172,37 @@ class Pipeline:
             self._dead(m, res, "UnknownTopic", f"topic {m.topic!r} is not an input feed of this worker")
             return
         try:
-            rec = decode(feed.model, m.value)
+            if feed.batch_model is None:
+                recs: Sequence[FeedRecord] = (decode(feed.model, m.value),)
+            else:  # one sample, or a batch of them (GpuTelemetryBatch)
+                recs = decode_samples(feed.model, feed.batch_model, m.value)
         except DecodeError as exc:
             self._dead(m, res, "DecodeError", exc.reason)
             return
-        lane = self.lanes.get(rec.site_id)
+        site_id = recs[0].site_id  # a batch's samples all carry the batch's site_id
+        lane = self.lanes.get(site_id)
         if lane is None:
             known = ", ".join(sorted(self.lanes)) or "none"
-            self._dead(m, res, "UnknownSite", f"site_id {rec.site_id!r} is not configured on this worker (configured: {known})")
+            self._dead(m, res, "UnknownSite", f"site_id {site_id!r} is not configured on this worker (configured: {known})")
             return
-        lane.partition = m.partition
-        t = rec.event_time()
-        late = lane.processor.clock.is_late(t)
-        res.batch.add_input(feed.name, rec, topic=m.topic, partition=m.partition, offset=m.offset, late=late)
-        lane.merger.push(feed.name, t, rec)
-        res.accepted += 1
-        self.counts["accepted"] += 1
-        if late:
-            res.late += 1
-            self.counts["late"] += 1
+        lane.partition = partition = m.partition
+        is_late = lane.processor.clock.is_late
+        add = res.batch.add_input
+        push = lane.merger.push
+        name, topic, offset = feed.name, m.topic, m.offset
+        n_late = 0
+        for rec in recs:
+            t = rec.event_time()
+            late = is_late(t)
+            add(name, rec, topic=topic, partition=partition, offset=offset, late=late)
+            push(name, t, rec)
+            if late:
+                n_late += 1
+        res.accepted += len(recs)
+        self.counts["accepted"] += len(recs)
+        if n_late:
+            res.late += n_late
+            self.counts["late"] += n_late
 
     def _release(self, res: StepResult, idle: IdleFn) -> None:
         for site_id, lane in self.lanes.items():

@@ -1,12 +1,19 @@
 """The Faust worker: a thin adapter from Kafka to :class:`streams.pipeline.Pipeline`.
 
-One agent (``concurrency=1``: faust-streaming issue #606 commits offsets past in-flight
-events otherwise) reads the four feed topics in batches with ``noack_take``. Each batch is
-made durable in this order, and only then acknowledged:
+Faust runs the consumer group, partition assignment, rebalances, offset commits and the
+producer; whole fetches reach :meth:`DispatchWorker._on_batch` through
+:class:`streams.batching.BatchConsumer` (Faust's per-message stream path costs ~190 us per
+message here, see bench/README.md). Each batch is made durable in this order, and only then
+acknowledged:
 
-1. actions and dead letters are published and their delivery awaited;
+1. actions and dead letters are handed to the producer as soon as they are decided, and
+   their delivery awaited;
 2. inputs, actions and dead letters are written to DuckDB in one transaction;
-3. the events are acked, so Faust may commit their offsets.
+3. the batch's offsets are acked, so Faust may commit them.
+
+Steps 1-3 of batch N run in the background while batch N+1 is decoded and merged (one batch
+in flight: the DuckDB write releases the GIL, so it overlaps the Python work); batches become
+durable, and are acked, in order.
 
 A crash between any two steps loses nothing: un-acked events are delivered again, the archive
 ignores rows it already has, and a re-published action carries the same key (``site_id``)
@@ -16,16 +23,19 @@ and ``action_id`` so consumers de-duplicate it.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import faust
 from faust.types import TP
 
 from sinks.archive import Archive
 from streams.app import WorkerSettings, create_app
-from streams.pipeline import Incoming, Pipeline, StepResult
+from streams.batching import BatchConsumer, install_batch_transport
+from streams.pipeline import Pipeline, StepResult
 from wattmix.errors import SinkError
 
 log = logging.getLogger("wattmix.worker")
@@ -40,19 +50,26 @@ class DispatchWorker:
     def __init__(self, settings: WorkerSettings, archive: Archive | None = None) -> None:
         self.settings = settings
         self.app = create_app(settings)
+        install_batch_transport(self.app, self._on_batch, settings.fetch_max_wait_s)
         self.pipeline = Pipeline(settings.sites, settings.topics)
         self.archive = archive or Archive(settings.db)
+        # one thread writes the archive (DuckDB is single-writer); shut down before close()
+        self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="wattmix-archive")
         self._lock = asyncio.Lock()
+        self._inflight: asyncio.Task | None = None
         self._received_next: dict[TP, int] = {}
         self._hw_unknown_since: dict[TP, float] = {}
         self._caught_up_since: dict[TP, tuple[int, float]] = {}
-        self.stats = {"batches": 0, "events": 0, "archive_retries": 0}
+        self._feed_of_topic = {t: name for name, t in settings.topics.inputs.items()}
+        self.stats = {"batches": 0, "events": 0, "archive_retries": 0, "first_batch_at": 0.0}
+        #: called with the number of events each time a batch is durable and acked (benchmarks)
+        self.on_durable: Callable[[int], None] | None = None
 
         self.restored = self._restore()
-        topic = self.app.topic(*settings.topics.inputs.values(), value_type=bytes, key_type=bytes)
-        self.app.agent(topic, name="wattmix-dispatch", concurrency=1)(self._agent)
-        self.app.task(self._log_restore)
-        self.app.timer(max(settings.idle_grace_s / 2, 0.05), name="wattmix-idle-flush")(self._tick)
+        self.topic = self.app.topic(*settings.topics.inputs.values(), value_type=bytes, key_type=bytes)
+        self.app.topics.add(self.topic)  # subscribe: no agent, BatchConsumer delivers to us
+        self.app.task(self._start)
+        self.app.timer(settings.tick_s, name="wattmix-idle-flush")(self._tick)
 
     def _restore(self) -> list:
         """Rebuild every site's state from the archive (see :meth:`Pipeline.restore`)."""
@@ -71,7 +88,10 @@ class DispatchWorker:
             reports.append(rep)
         return reports
 
-    async def _log_restore(self) -> None:
+    async def _start(self) -> None:
+        consumer = self.app.consumer
+        if not isinstance(consumer, BatchConsumer):  # pragma: no cover - misconfiguration
+            raise RuntimeError(f"the wattmix worker needs BatchConsumer, got {type(consumer).__name__}")
         # a task, not __init__: Faust configures logging when the worker starts
         for rep in self.restored:
             if rep.inputs:
@@ -82,24 +102,30 @@ class DispatchWorker:
                 log.error("restored %s: %d re-derived actions differ from the archived ones: the engine "
                           "is not deterministic on this history", rep.site_id, rep.mismatched)
 
-    # -- the agent ------------------------------------------------------------------------
-    async def _agent(self, stream: faust.StreamT) -> None:
-        async for events in stream.noack_take(self.settings.batch_max, within=self.settings.batch_within_s):
-            msgs = []
-            for ev in events:
-                m = ev.message
-                msgs.append(Incoming(m.topic, m.partition, m.offset, m.key, m.value))
-                nxt = m.offset + 1
-                if nxt > self._received_next.get(m.tp, -1):
-                    self._received_next[m.tp] = nxt
-            async with self._lock:
-                idle = await self._idle_snapshot()
-                result = self.pipeline.ingest(msgs, idle)
-                await self._make_durable(result)
-            for ev in events:
-                await stream.ack(ev)
-            self.stats["batches"] += 1
-            self.stats["events"] += len(events)
+    # -- the batch handler ------------------------------------------------------------------
+    async def _on_batch(self, records: Mapping[TP, Sequence[Any]], generation_id: int) -> None:
+        """One fetch: ``{TP: [aiokafka ConsumerRecord]}`` (they quack like ``Incoming``)."""
+        if not self.stats["first_batch_at"]:
+            self.stats["first_batch_at"] = time.monotonic()
+        ranges: dict[TP, tuple[int, int]] = {}
+        msgs: list[Any] = []
+        n = 0
+        for tp, recs in records.items():
+            first, last = recs[0].offset, recs[-1].offset
+            ranges[tp] = (first, last)
+            if last + 1 > self._received_next.get(tp, -1):
+                self._received_next[tp] = last + 1
+            msgs.extend(recs)
+            n += len(recs)
+        async with self._lock:
+            idle = await self._idle_snapshot()
+            result = self.pipeline.ingest(msgs, idle)
+            sent = await self._send(result)
+            # keep one batch in flight: wait for the previous one before queueing this one
+            prev = self._inflight
+            if prev is not None:
+                await prev
+            self._inflight = asyncio.ensure_future(self._durable(result, sent, ranges, generation_id, n))
 
     async def _tick(self) -> None:
         """Release events held back by the event-time merge once their partitions idle."""
@@ -109,18 +135,32 @@ class DispatchWorker:
             idle = await self._idle_snapshot()
             result = self.pipeline.flush(idle)
             if result.actions or len(result.batch):
-                await self._make_durable(result)
+                sent = await self._send(result)
+                prev = self._inflight
+                if prev is not None:
+                    await prev
+                self._inflight = asyncio.ensure_future(self._durable(result, sent, {}, None, 0))
+
+    async def drain(self) -> None:
+        """Wait for the batch in flight (if any) to be durable."""
+        while self._inflight is not None and not self._inflight.done():
+            await asyncio.shield(self._inflight)
 
     # -- event-time merge support -----------------------------------------------------------
     async def _idle_snapshot(self):
         """Which of our input partitions have nothing more to read right now.
 
         Uses the high watermark carried by Fetch responses (right on tansu too), never
-        ListOffsets "latest" (tansu answers it too low).
+        ListOffsets "latest" (tansu answers it too low). A caught-up partition is idle after
+        ``idle_grace_s``, or at once when its feed's newest event sits exactly on the interval
+        boundary the site decides next (see :meth:`Pipeline.at_boundary`), if
+        ``boundary_fast_path`` is on.
         """
         consumer = self.app.consumer
         now = time.monotonic()
+        grace = self.settings.idle_grace_s
         snapshot: dict[tuple[str, int], bool] = {}
+        caught_up_now: set[tuple[str, int]] = set()
         for p in self.pipeline.partitions_in_use():
             for topic in self.settings.topics.inputs.values():
                 tp = TP(topic, p)
@@ -148,33 +188,64 @@ class DispatchWorker:
                         if at_hw != hw:
                             since = now
                         self._caught_up_since[tp] = (hw, since)
-                        snapshot[(topic, p)] = now - since >= self.settings.idle_grace_s
-        return lambda topic, partition: snapshot.get((topic, partition), True)
+                        snapshot[(topic, p)] = now - since >= grace
+                        caught_up_now.add((topic, p))
+        fast = self.settings.boundary_fast_path
+        feed_of = self._feed_of_topic
+        at_boundary = self.pipeline.at_boundary
+
+        def idle(topic: str, partition: int) -> bool:
+            key = (topic, partition)
+            v = snapshot.get(key, True)
+            if v or not fast or key not in caught_up_now:
+                return v
+            # evaluated when the merge asks, i.e. after this batch's events were accepted
+            return at_boundary(feed_of[topic], partition)
+
+        return idle
 
     # -- durability -------------------------------------------------------------------------
-    async def _make_durable(self, result: StepResult) -> None:
-        if result.outgoing:
-            producer = self.app.producer
-            futs = [
-                await producer.send(o.topic, o.key, o.value, None, (o.timestamp_ms / 1000) if o.timestamp_ms else None, None)
-                for o in result.outgoing
-            ]
-            await asyncio.gather(*futs)
+    async def _send(self, result: StepResult) -> list:
+        if not result.outgoing:
+            return []
+        producer = self.app.producer
+        return [
+            await producer.send(o.topic, o.key, o.value, None, (o.timestamp_ms / 1000) if o.timestamp_ms else None, None)
+            for o in result.outgoing
+        ]
+
+    async def _durable(self, result: StepResult, sent: list, ranges: dict[TP, tuple[int, int]],
+                       generation_id: int | None, n_events: int) -> None:
+        if sent:
+            await asyncio.gather(*sent)
         if len(result.batch):
             await self._write_with_retry(result)
+        if ranges:
+            consumer = self.app.consumer
+            assert isinstance(consumer, BatchConsumer)
+            consumer.ack_ranges(ranges, generation_id)  # type: ignore[arg-type]
+        self.stats["batches"] += 1
+        self.stats["events"] += n_events
+        if self.on_durable is not None and n_events:
+            self.on_durable(n_events)
 
     async def _write_with_retry(self, result: StepResult) -> None:
         delay = BACKOFF_START_S
         loop = asyncio.get_running_loop()
         while True:
             try:
-                await loop.run_in_executor(None, self.archive.write_batch, result.batch)
+                await loop.run_in_executor(self._writer, self.archive.write_batch, result.batch)
                 return
             except SinkError as exc:
                 self.stats["archive_retries"] += 1
                 log.error("archive write failed, offsets held back, retrying in %.1f s: %s", delay, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX_S)
+
+    def close(self) -> None:
+        """After the app stopped: let a write still running finish, then close the archive."""
+        self._writer.shutdown(wait=True)
+        self.archive.close()
 
 
 def run_worker(kafka: str, db: str, site_files: Sequence[str] | None = None, partitions: int | None = None,
@@ -191,5 +262,5 @@ def run_worker(kafka: str, db: str, site_files: Sequence[str] | None = None, par
     try:
         faust.Worker(worker.app, loglevel="INFO").execute_from_commandline()
     finally:
-        worker.archive.close()
+        worker.close()
     return 0

@@ -6,6 +6,9 @@
     wattmix publish-demo  publish the built-in scenario to Kafka (docker-compose feed service)
     wattmix sql         read-only SQL on the DuckDB archive
     wattmix backtest    the engine in process over historical files, with baselines
+    wattmix replay      historical files into the Kafka topics, merged in event time
+    wattmix report      a self-contained HTML report (charts) from the archive
+    wattmix export      the archive as hive-partitioned Parquet
 """
 
 from __future__ import annotations
@@ -56,6 +59,24 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
     from dispatch.backtest import run_backtest_cli
 
     return run_backtest_cli(args)
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from wattmix.replay import run_replay_cli
+
+    return run_replay_cli(args)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from wattmix.report import run_report_cli
+
+    return run_report_cli(args)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from wattmix.export import run_export_cli
+
+    return run_export_cli(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,6 +130,25 @@ def build_parser() -> argparse.ArgumentParser:
     if add_backtest_arguments is not None:
         add_backtest_arguments(bt)
     bt.set_defaults(func=_cmd_backtest)
+
+    from wattmix.replay import add_replay_arguments
+
+    rp = sub.add_parser("replay", help="publish historical files to Kafka in event-time order")
+    add_replay_arguments(rp)
+    rp.set_defaults(func=_cmd_replay)
+
+    rep = sub.add_parser("report", help="write a self-contained HTML report of the archive")
+    rep.add_argument("--db", default=DEFAULT_DB)
+    rep.add_argument("--out", default="report.html")
+    rep.add_argument("--site", default=None, help="site TOML (default: the sample site)")
+    rep.set_defaults(func=_cmd_report)
+
+    ex = sub.add_parser("export", help="export the archive to hive-partitioned Parquet")
+    ex.add_argument("--db", default=DEFAULT_DB)
+    ex.add_argument("--out", required=True, help="output directory")
+    ex.add_argument("--tables", default=None, help="comma-separated tables (default: all non-empty)")
+    ex.add_argument("--overwrite", action="store_true", help="replace existing partitions")
+    ex.set_defaults(func=_cmd_export)
     return p
 
 

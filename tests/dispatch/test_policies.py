@@ -205,3 +205,39 @@ def test_perfect_foresight_bounds_every_causal_policy():
     for name in ("always", "strike", "myopic", "rolling"):
         assert nets["pf"] >= nets[name] - 1e-6, nets
     # (on i.i.d. spikes a myopic rule can lose to always-on: no ordering among causal policies)
+
+
+def _fourcp_event(start: int, end: int) -> DemandResponseEvent:
+    return DemandResponseEvent(site_id="sample", event_id="4cp-1", program="4CP", revision=0, status="scheduled",
+                               notice_at=T0 + Q * (start - 4), start=T0 + Q * start, end=T0 + Q * end,
+                               obligation_kind="advisory", obligation_mw=0, penalty_usd_mwh=0,
+                               issued_at=T0 + Q * (start - 4))
+
+
+def test_4cp_advisory_curtails_when_the_transmission_saving_beats_the_margin():
+    ev = _fourcp_event(8, 20)  # a 3 h alert window
+    # $60k/MW-year, 25% chance the window holds the peak: 0.25 x 60000 / (4 x 12 x 0.25) = $1,250/MWh
+    site = SITE.model_copy(update={"transmission_4cp_usd_mw_year": 60000.0})
+    prices = [25.0] * 24
+    acts = run(MyopicPolicy(), prices, site=site, extra=[ev])
+    for i in range(1, 24):
+        a = at(acts, i)
+        mining = sum(f.units_online for f in a.fleets)
+        gp = {g.gpu_class: g for g in a.gpus}
+        if 8 <= i < 20:
+            assert mining == 0, i                               # worth $1,250/MWh > mining margin
+            assert gp["batch"].gpus_running == 0                # batch ($603/MWh) deferred too
+            assert gp["inference"].gpus_running == gp["inference"].gpus_demand  # SLA kept
+            assert any("4CP" in r for r in a.reasons)
+            assert a.dr.shortfall_mw == 0 and a.dr.limit_mw is None  # advisory: no obligation
+        else:
+            assert mining == 25000, i
+    # P&L at the expected price: the 4CP value steers the decision, it is not booked as energy
+    a = at(acts, 10)
+    assert a.expected.energy_cost_usd == pytest.approx(25.0 * a.load_mw * 0.25)
+    # without a 4CP charge in the site config the alert changes nothing
+    plain = run(MyopicPolicy(), prices, extra=[ev])
+    assert all(sum(f.units_online for f in at(plain, i).fleets) == 25000 for i in range(1, 24))
+    # a small charge does not pay for curtailing the S21s: $20/MW-year -> under $1/MWh
+    small = run(MyopicPolicy(), prices, site=SITE.model_copy(update={"transmission_4cp_usd_mw_year": 20.0}), extra=[ev])
+    assert all(sum(f.units_online for f in at(small, i).fleets) == 25000 for i in range(1, 24))

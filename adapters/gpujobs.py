@@ -1,0 +1,230 @@
+"""GPU jobs out: pause and resume the jobs the engine names, through Slurm or Kubernetes.
+
+One interface, :class:`JobController` (``pause(job)``, ``resume(job)``), two implementations:
+
+* :class:`SlurmController` runs the Slurm CLI (no extra; ``scontrol``/``scancel`` on PATH or
+  given as paths). Pause = checkpoint signal first, ``scancel --signal=USR1 --full <job>``
+  (the job's handler writes a checkpoint; ``--full`` reaches the batch shell and its steps),
+  wait ``checkpoint_grace_s``, then ``scontrol suspend <job>`` (SIGSTOP: GPU memory stays
+  allocated, power drops to idle) or, with ``mode="requeue"``, ``scontrol requeue <job>``
+  (frees the GPUs; the job restarts from its checkpoint later). Resume =
+  ``scontrol resume <job>`` (suspend mode) or ``scontrol release <job>`` (requeue mode, for
+  a job requeued held). Each command is bounded by ``timeout_s``.
+* :class:`KubernetesController` talks to the API server over HTTP (no extra: aiohttp), with a
+  bearer token (in-cluster: the service account's). A job id ``namespace/name`` (or ``name``
+  with ``default_namespace``) maps to a workload of ``kind``:
+  ``job`` -> ``PATCH /apis/batch/v1/namespaces/{ns}/jobs/{name}`` ``{"spec":{"suspend":
+  true|false}}`` (Kubernetes' own Job suspension); ``deployment`` / ``statefulset`` ->
+  ``PATCH .../{kind}s/{name}/scale`` to 0 replicas, remembering the previous count in the
+  annotation ``wattmix.io/replicas-before-pause`` so a resume (even from another process)
+  restores it. Bodies are ``application/merge-patch+json``.
+
+:class:`GpuJobActuator` turns the engine's ``paused_job_ids`` into calls: jobs newly in the
+list are paused, jobs that left it are resumed, each once; ``resolve`` maps a telemetry
+job id (``ml-train/llama-ft-0`` from DCGM, a Slurm job id...) to the controller's job name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shutil
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from adapters.common import AdapterError
+
+log = logging.getLogger("wattmix.adapters.gpujobs")
+
+ANNOTATION = "wattmix.io/replicas-before-pause"
+
+
+class JobController(Protocol):
+    name: str
+
+    async def pause(self, job: str) -> None: ...
+    async def resume(self, job: str) -> None: ...
+
+
+class SlurmController:
+    name = "slurm"
+
+    def __init__(self, *, scontrol: str = "scontrol", scancel: str = "scancel", mode: str = "suspend",
+                 checkpoint_signal: str | None = "USR1", checkpoint_grace_s: float = 30.0,
+                 timeout_s: float = 30.0) -> None:
+        if mode not in ("suspend", "requeue"):
+            raise AdapterError(f"Slurm pause mode must be 'suspend' or 'requeue', not {mode!r}")
+        self.scontrol = shutil.which(scontrol) or scontrol
+        self.scancel = shutil.which(scancel) or scancel
+        self.mode = mode
+        self.checkpoint_signal = checkpoint_signal
+        self.checkpoint_grace_s = checkpoint_grace_s
+        self.timeout_s = timeout_s
+
+    async def _run(self, *argv: str) -> str:
+        try:
+            proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE,
+                                                        stderr=asyncio.subprocess.PIPE)
+        except OSError as exc:
+            raise AdapterError(f"cannot run {argv[0]}: {exc}") from exc
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), self.timeout_s)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise AdapterError(f"{' '.join(argv)}: no answer in {self.timeout_s:g} s") from None
+        if proc.returncode != 0:
+            raise AdapterError(f"{' '.join(argv)}: exit {proc.returncode}: {err.decode(errors='replace').strip()[:300]}")
+        return out.decode(errors="replace")
+
+    @staticmethod
+    def _check(job: str) -> str:
+        j = job.strip()
+        if not j or not all(c.isalnum() or c in "_." for c in j):
+            raise AdapterError(f"not a Slurm job id: {job!r}")
+        return j
+
+    async def pause(self, job: str) -> None:
+        j = self._check(job)
+        if self.checkpoint_signal:
+            await self._run(self.scancel, f"--signal={self.checkpoint_signal}", "--full", j)
+            if self.checkpoint_grace_s > 0:
+                await asyncio.sleep(self.checkpoint_grace_s)
+        await self._run(self.scontrol, "suspend" if self.mode == "suspend" else "requeue", j)
+
+    async def resume(self, job: str) -> None:
+        j = self._check(job)
+        await self._run(self.scontrol, "resume" if self.mode == "suspend" else "release", j)
+
+
+class KubernetesController:
+    name = "kubernetes"
+
+    def __init__(self, api_url: str, *, token: str | None = None, kind: str = "job",
+                 default_namespace: str = "default", verify_tls: bool | str = True, timeout_s: float = 10.0) -> None:
+        if kind not in ("job", "deployment", "statefulset"):
+            raise AdapterError(f"kind must be job, deployment or statefulset, not {kind!r}")
+        self.api = api_url.rstrip("/")
+        self.token = token
+        self.kind = kind
+        self.default_namespace = default_namespace
+        self.verify_tls = verify_tls
+        self.timeout_s = timeout_s
+
+    @classmethod
+    def in_cluster(cls, **kw) -> "KubernetesController":
+        """Service-account token and CA of a pod (``/var/run/secrets/kubernetes.io/serviceaccount``)."""
+        import os
+
+        base = "/var/run/secrets/kubernetes.io/serviceaccount"
+        host, port = os.environ["KUBERNETES_SERVICE_HOST"], os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+        with open(f"{base}/token") as fh:
+            token = fh.read().strip()
+        return cls(f"https://{host}:{port}", token=token, verify_tls=f"{base}/ca.crt", **kw)
+
+    def _split(self, job: str) -> tuple[str, str]:
+        ns, _, name = job.rpartition("/")
+        return ns or self.default_namespace, name
+
+    async def _request(self, method: str, path: str, body: Mapping | None = None) -> dict:
+        import ssl
+
+        import aiohttp
+
+        headers = {"Accept": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        if body is not None:
+            headers["Content-Type"] = "application/merge-patch+json"
+        ssl_ctx: ssl.SSLContext | bool
+        if isinstance(self.verify_tls, str):
+            ssl_ctx = ssl.create_default_context(cafile=self.verify_tls)
+        else:
+            ssl_ctx = True if self.verify_tls else False
+        data = json.dumps(body) if body is not None else None
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s)) as http:
+                async with http.request(method, self.api + path, headers=headers, data=data, ssl=ssl_ctx) as resp:
+                    payload = await resp.json(content_type=None)
+                    if resp.status >= 300:
+                        msg = payload.get("message") if isinstance(payload, Mapping) else payload
+                        raise AdapterError(f"{method} {path}: HTTP {resp.status}: {msg}")
+                    return payload
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise AdapterError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+
+    def _paths(self, job: str) -> tuple[str, str]:
+        ns, name = self._split(job)
+        group = "batch/v1" if self.kind == "job" else "apps/v1"
+        obj = f"/apis/{group}/namespaces/{ns}/{self.kind}s/{name}"
+        return obj, obj + "/scale"
+
+    async def pause(self, job: str) -> None:
+        obj, scale = self._paths(job)
+        if self.kind == "job":
+            await self._request("PATCH", obj, {"spec": {"suspend": True}})
+            return
+        cur = await self._request("GET", scale)
+        replicas = int((cur.get("spec") or {}).get("replicas") or 0)
+        if replicas == 0:
+            return   # already paused (by us or someone): keep the saved count
+        await self._request("PATCH", obj, {"metadata": {"annotations": {ANNOTATION: str(replicas)}}})
+        await self._request("PATCH", scale, {"spec": {"replicas": 0}})
+
+    async def resume(self, job: str) -> None:
+        obj, scale = self._paths(job)
+        if self.kind == "job":
+            await self._request("PATCH", obj, {"spec": {"suspend": False}})
+            return
+        cur = await self._request("GET", obj)
+        saved = ((cur.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION)
+        if saved is None:
+            log.warning("%s: no %s annotation; not resuming it", job, ANNOTATION)
+            return
+        await self._request("PATCH", scale, {"spec": {"replicas": int(saved)}})
+        await self._request("PATCH", obj, {"metadata": {"annotations": {ANNOTATION: None}}})
+
+
+@dataclass
+class JobsResult:
+    paused: list[str] = field(default_factory=list)
+    resumed: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+class GpuJobActuator:
+    """Keep the set of paused jobs equal to the engine's ``paused_job_ids``."""
+
+    def __init__(self, controller: JobController, *, resolve: Callable[[str], str | None] = lambda j: j,
+                 concurrency: int = 8) -> None:
+        self.controller = controller
+        self.resolve = resolve
+        self.paused: set[str] = set()
+        self.sem = asyncio.Semaphore(concurrency)
+
+    async def apply(self, paused_job_ids: Iterable[str]) -> JobsResult:
+        want = {j for j in paused_job_ids if self.resolve(j)}
+        res = JobsResult()
+
+        async def do(job: str, op: str) -> None:
+            target = self.resolve(job)
+            async with self.sem:
+                try:
+                    await (self.controller.pause(target) if op == "pause" else self.controller.resume(target))
+                except AdapterError as exc:
+                    res.failed.append(job)
+                    res.errors.append(str(exc))
+                    return
+            if op == "pause":
+                self.paused.add(job)
+                res.paused.append(job)
+            else:
+                self.paused.discard(job)
+                res.resumed.append(job)
+
+        await asyncio.gather(*(do(j, "pause") for j in sorted(want - self.paused)),
+                             *(do(j, "resume") for j in sorted(self.paused - want)))
+        return res

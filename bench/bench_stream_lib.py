@@ -1,0 +1,185 @@
+"""Shared pieces of the streaming benchmarks (bench_stream.py, bench_latency.py, bench_soak.py).
+
+Sites: copies of the sample site whose ``site_id`` keys land on distinct partitions (Kafka's
+murmur2 partitioner, as aiokafka's default), so N sites spread over N partitions.
+Workers: ``bench/bench_stream_worker.py`` subprocesses (the real :class:`DispatchWorker`),
+each reporting progress in a small JSON status file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def machine_line() -> str:
+    load = os.getloadavg()
+    return (f"machine: nproc={os.cpu_count()} {platform.machine()} load1={load[0]:.2f} load5={load[1]:.2f} "
+            f"python {platform.python_version()}")
+
+
+def site_ids(n: int, partitions: int = 4) -> list[str]:
+    """``n`` site ids on distinct partitions (n <= partitions), deterministic."""
+    from aiokafka.partitioner import murmur2
+
+    out, used = [], set()
+    i = 0
+    while len(out) < n:
+        sid = f"site-{i:02d}"
+        p = (murmur2(sid.encode()) & 0x7FFFFFFF) % partitions
+        if p not in used or n > partitions:
+            used.add(p)
+            out.append(sid)
+        i += 1
+    return out
+
+
+def site_config(site_id: str):
+    from schemas.site import load_sample_site
+
+    return load_sample_site().model_copy(update={"site_id": site_id})
+
+
+def scenario_events(sites: list[str], days: int, jobs: int, seed: int = 7) -> list[tuple[str, object]]:
+    """The demo week for each site (GPU telemetry dominates: ~99% of the events), each site's
+    events in event-time order, sites one after the other."""
+    from wattmix.scenario import build_demo_scenario
+
+    out: list[tuple[str, object]] = []
+    for k, sid in enumerate(sites):
+        out.extend(build_demo_scenario(seed=seed + k, days=days, jobs=jobs, site=site_config(sid)).events_in_order())
+    return out
+
+
+def batch_telemetry(named: list[tuple[str, object]], per_message: int) -> list[tuple[str, object]]:
+    """Group consecutive GPU samples of one site into :class:`GpuTelemetryBatch` messages of up
+    to ``per_message`` samples (other feeds untouched, order kept)."""
+    from schemas.feeds import GpuTelemetryBatch
+
+    out: list[tuple[str, object]] = []
+    buf: list = []
+
+    def flush() -> None:
+        if buf:
+            out.append(("gpu_telemetry", GpuTelemetryBatch.model_construct(site_id=buf[0].site_id, samples=list(buf),
+                                                                           schema_version=1)))
+            buf.clear()
+
+    for name, rec in named:
+        if name == "gpu_telemetry":
+            if buf and (len(buf) >= per_message or buf[0].site_id != rec.site_id):
+                flush()
+            buf.append(rec)
+        else:
+            flush()
+            out.append((name, rec))
+    flush()
+    return out
+
+
+def topics_for(suffix: str) -> dict[str, str]:
+    from schemas.topics import ACTIONS, DEAD_LETTERS, INPUT_FEEDS
+
+    t = {f.name: f.topic + suffix for f in INPUT_FEEDS}
+    t["actions"] = ACTIONS.topic + suffix
+    t["dead_letters"] = DEAD_LETTERS.topic + suffix
+    return t
+
+
+def create_topics(bootstrap: str, topics, partitions: int = 4) -> None:
+    from wattmix.broker import ensure_topics
+
+    asyncio.run(ensure_topics(bootstrap, list(topics), partitions))
+
+
+def publish(bootstrap: str, named, topics: dict[str, str]) -> dict:
+    from wattmix.demo import publish_events
+
+    return asyncio.run(publish_events(bootstrap, named, topics))
+
+
+class WorkerProc:
+    """A ``bench_stream_worker.py`` subprocess and its status file."""
+
+    def __init__(self, bootstrap: str, db: Path, group: str, suffix: str, sites: list[str], status: Path,
+                 log: Path, extra: list[str] | None = None, profile: str | None = None) -> None:
+        self.status = status
+        status.unlink(missing_ok=True)
+        for p in (db, Path(str(db) + ".wal")):
+            p.unlink(missing_ok=True)
+        cmd = [sys.executable, str(ROOT / "bench" / "bench_stream_worker.py"), "--kafka", bootstrap, "--db", str(db),
+               "--group", group, "--suffix", suffix, "--sites", ",".join(sites), "--status", str(status),
+               *(extra or [])]
+        if profile:
+            cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "-o", profile, "-f", "speedscope",
+                   "-r", "200", "--nonblocking", "--", *cmd]
+        self.proc = subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=str(ROOT),
+                                     env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True)
+
+    def read(self) -> dict:
+        try:
+            return orjson.loads(self.status.read_bytes())
+        except (FileNotFoundError, orjson.JSONDecodeError):
+            return {}
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT if self.is_profiled else signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        return self.proc.returncode
+
+    @property
+    def is_profiled(self) -> bool:
+        return "py-spy" in str(self.proc.args[0])
+
+
+def wait_events(workers: list[WorkerProc], total: int, timeout: float) -> dict:
+    """Until the workers together made ``total`` events durable; returns the aggregate:
+    events, seconds from the first batch any worker received to the last durable one."""
+    deadline = time.monotonic() + timeout
+    st: list[dict] = []
+    while time.monotonic() < deadline:
+        st = [w.read() for w in workers]
+        if sum(s.get("events", 0) for s in st) >= total:
+            break
+        for w in workers:
+            if w.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {w.proc.returncode}")
+        time.sleep(0.1)
+    events = sum(s.get("events", 0) for s in st)
+    firsts = [s["first"] for s in st if s.get("first")]
+    lasts = [s["last"] for s in st if s.get("last")]
+    secs = (max(lasts) - min(firsts)) if firsts and lasts else float("nan")
+    return {"events": events, "seconds": secs, "rate": events / secs if secs else float("nan"),
+            "per_worker": st, "complete": events >= total}
+
+
+def rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def fmt_rate(x: float) -> str:
+    return f"{x:>12,.0f}"
+
+
+def dumps(obj) -> str:
+    return orjson.dumps(obj, default=str).decode()

@@ -1,0 +1,152 @@
+"""Batch delivery for Faust: whole fetches go to one handler, acks are marked per offset range.
+
+Why: profiled on this machine (bench/README.md), a plain Faust agent that does nothing reads
+~5k msg/s because every message pays, in ``Consumer._drain_messages``, a ``wait_first`` (two
+futures and an ``asyncio.wait``), then the conductor's ``Event`` + channel queue put, the
+stream's processor coroutine, sensors, and one ``stream.ack`` (a ``WeakSet``, a set and a list
+update under a lock). That is ~190 us per message before any work; ``noack_take`` batches what
+the agent *sees*, not what Faust does per message.
+
+Faust keeps doing what it is good at: the consumer group, partition assignment and
+rebalances, the commit timer, commit on revoke and on stop, flow control, the producer. Only
+the per-message path is replaced: :class:`BatchConsumer` hands every fetch (``{TP: [records]}``,
+aiokafka ``ConsumerRecord`` objects, no copies) to a handler, which calls
+:meth:`BatchConsumer.ack_ranges` once the batch is durable. ``ack_ranges`` feeds the same
+bookkeeping ``Consumer.ack`` feeds (``_acked`` / ``_acked_index`` / ``_n_acked``), so Faust's own
+commit logic decides what to commit: still only offsets acked, contiguous from the last commit.
+
+Acking "only the highest offset per partition" is not enough with Faust: ``_new_offset`` commits
+the first run of *consecutive* acked offsets and refuses one whose start is past the committed
+offset, so the whole range must be marked (here: ``list.extend(range)`` + ``set.update``, in C).
+Offsets absent from a fetch (compacted records, transaction markers) are covered by the range.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+from faust.types.tuples import ack_lock
+
+#: handler(records by partition, consumer generation id)
+BatchHandler = Callable[[Mapping[TP, Sequence[Any]], int], Awaitable[None]]
+
+
+class BatchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """Faust hard-codes ``fetch_max_wait_ms=1500``; the app's ``fetch_max_wait_s`` replaces it."""
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        wait_s = getattr(self.app, "wattmix_fetch_max_wait_s", None)
+        if wait_s is not None:
+            consumer._fetch_max_wait_ms = int(wait_s * 1000)
+        return consumer
+
+
+class BatchConsumer(faust_aiokafka.Consumer):
+    """Faust's aiokafka consumer, with the per-message drain loop replaced by batch delivery
+    when a handler is set (:attr:`batch_handler`, or ``app.wattmix_batch_handler`` set by
+    :func:`install_batch_transport`); otherwise it behaves exactly like Faust's."""
+
+    batch_handler: BatchHandler | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._acked_next: dict[TP, int] = {}
+        self._acked_generation: int | None = None
+
+    def _new_consumer_thread(self) -> BatchConsumerThread:
+        return BatchConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - needs a broker
+        handler = self.batch_handler or getattr(self.app, "wattmix_batch_handler", None)
+        if handler is None:
+            return await super()._drain_messages(fetcher)
+        consumer_should_stop = self._stopped.is_set
+        fetcher_should_stop = fetcher._stopped.is_set
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                records, active = await self._wait_next_records(1.0)
+                await asyncio.sleep(0)
+                if not records or self.should_stop:
+                    continue
+                if not self.flow_active:
+                    # a rebalance started while we fetched: drop the records (Faust does the
+                    # same) and let the consumer seek back to the committed offsets
+                    try:
+                        await self.perform_seek()
+                    except Exception as exc:
+                        self.log.warning(f"exception performing seek when flow not active {exc}")
+                    continue
+                buffered = self._buffered_partitions
+                batch = {tp: recs for tp, recs in records.items()
+                         if recs and (active is None or tp in active or tp in buffered)}
+                if not batch:
+                    continue
+                await handler(batch, self.app.consumer_generation_id)
+                commit_every = self._commit_every
+                if commit_every is not None and self._n_acked >= commit_every:
+                    self._n_acked = 0
+                    await self.commit()
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                self.log.info("Broker stopped consumer, shutting down...")
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                self.log.info("Consumer shutting down for user cancel.")
+                return
+            raise
+        except Exception as exc:
+            self.log.exception("Drain messages raised: %r", exc)
+            raise
+
+    def ack_ranges(self, ranges: Mapping[TP, tuple[int, int]], generation_id: int) -> int:
+        """Mark offsets ``first..last`` (inclusive) of each partition acknowledged, so Faust may
+        commit them. Call only once the records are durable. Partitions no longer assigned,
+        or records fetched before a rebalance, are skipped: they will be delivered again.
+        Returns how many offsets were marked."""
+        if generation_id != self.app.consumer_generation_id:
+            return 0
+        n = 0
+        with ack_lock:
+            if self._acked_generation != generation_id:
+                self._acked_next.clear()
+                self._acked_generation = generation_id
+            assignment = self.assignment()
+            for tp, (first, last) in ranges.items():
+                if tp not in assignment:
+                    continue
+                start = self._acked_next.get(tp)
+                committed = self._committed_offset[tp]
+                if start is None:
+                    # the first batch after an assignment: cover from the committed offset so
+                    # records missing from the fetch (compacted, markers) leave no gap
+                    start = committed if committed is not None and committed < first else first
+                if committed is not None and start < committed:
+                    start = committed
+                if last < start:
+                    continue
+                rng = range(start, last + 1)
+                self._acked[tp].extend(rng)
+                self._acked_index[tp].update(rng)
+                self._acked_next[tp] = last + 1
+                n += len(rng)
+            self._n_acked += n
+        return n
+
+
+class BatchTransport(faust_aiokafka.Transport):
+    Consumer = BatchConsumer
+
+
+def install_batch_transport(app: Any, handler: BatchHandler, fetch_max_wait_s: float | None = None) -> None:
+    """Make ``app`` use :class:`BatchConsumer`, delivering every fetch to ``handler`` (call
+    before the app starts)."""
+    app.wattmix_batch_handler = handler
+    app.wattmix_fetch_max_wait_s = fetch_max_wait_s
+    app.transport = BatchTransport(app.conf.broker_consumer, app)
