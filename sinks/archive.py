@@ -657,6 +657,9 @@ class Archive:
             con.begin()
             for stmt in ddl():
                 con.execute(stmt)
+            from sinks.views import create_views  # the analytics views ship with every archive
+
+            create_views(con)
             (n,) = con.execute("SELECT count(*) FROM schema_version").fetchall()[0]
             if n == 0:
                 from wattmix import __version__

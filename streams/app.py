@@ -58,6 +58,8 @@ class WorkerSettings:
     # max_poll_records). ~10,000 events decode+fold in ~0.3 s; DuckDB commits cost ~10 ms each,
     # so larger steps amortize them. Under a light load a fetch returns what arrived, at once.
     batch_max: int = 10_000
+    # Events decided but not yet durable (archived + acked) at most; then the fetch loop waits.
+    max_inflight_events: int = 40_000
     # Fetch size per partition: Faust's default 1 MB caps a fetch at ~5,000 records of 200 B.
     fetch_partition_max_bytes: int = 4 * 1024 * 1024
     # How long the broker may hold a fetch when no data is there (the latency floor when idle).

@@ -90,16 +90,19 @@ class Pipeline:
         self.counts = {"accepted": 0, "dead_letters": 0, "late": 0, "actions": 0}
 
     # ---------------------------------------------------------------------------------
-    def ingest(self, messages: Iterable[Incoming], idle: IdleFn) -> StepResult:
-        res = StepResult(batch=ArchiveBatch())
+    def ingest(self, messages: Iterable[Incoming], idle: IdleFn, batch: ArchiveBatch | None = None) -> StepResult:
+        """Accept ``messages`` (valid records into the merge, the rest dead-lettered), then
+        release and decide what the merge allows. Rows go into ``batch`` if given (a group
+        commit collecting several steps), else into a new one."""
+        res = StepResult(batch=ArchiveBatch() if batch is None else batch)
         for m in messages:
             self._accept(m, res)
         self._release(res, idle)
         return res
 
-    def flush(self, idle: IdleFn) -> StepResult:
+    def flush(self, idle: IdleFn, batch: ArchiveBatch | None = None) -> StepResult:
         """Release what the merge can release now (called by the worker's timer)."""
-        res = StepResult(batch=ArchiveBatch())
+        res = StepResult(batch=ArchiveBatch() if batch is None else batch)
         self._release(res, idle)
         return res
 
@@ -213,8 +216,16 @@ class Pipeline:
             def feed_idle(feed_name: str, _p=p) -> bool:
                 return _p is None or idle(self.topics.feed(feed_name), _p)
 
+            proc = lane.processor
+            clock, fold = proc.clock, proc.state.fold
             for rec in lane.merger.release(feed_idle):
-                for action in lane.processor.process(rec).actions:
+                # Fast path, same effect as proc.process(rec): once the clock has started, an
+                # event not past the next boundary decides nothing and only folds into state.
+                nb = clock.next_boundary
+                if nb is not None and rec.event_time() <= nb and rec.site_id == proc.site.site_id:
+                    fold(rec)
+                    continue
+                for action in proc.process(rec).actions:
                     self._publish_action(action, res)
 
     def _publish_action(self, action: DispatchAction, res: StepResult) -> None:

@@ -11,9 +11,12 @@ acknowledged:
 2. inputs, actions and dead letters are written to DuckDB in one transaction;
 3. the batch's offsets are acked, so Faust may commit them.
 
-Steps 1-3 of batch N run in the background while batch N+1 is decoded and merged (one batch
-in flight: the DuckDB write releases the GIL, so it overlaps the Python work); batches become
-durable, and are acked, in order.
+Steps 1-3 run as a group commit in the background (:meth:`_durability_loop`): everything
+decided since the previous write goes into one DuckDB transaction, while the next fetches are
+decoded, merged and decided (the DuckDB write releases the GIL, so it overlaps the Python
+work, and an action is published as soon as it is decided, never after someone else's archive
+write). Groups become durable, and are acked, strictly in order; at most
+``WorkerSettings.max_inflight_events`` events wait for durability at any time.
 
 A crash between any two steps loses nothing: un-acked events are delivered again, the archive
 ignores rows it already has, and a re-published action carries the same key (``site_id``)
@@ -26,13 +29,14 @@ import asyncio
 import concurrent.futures
 import logging
 import time
+from dataclasses import dataclass, field
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import faust
 from faust.types import TP
 
-from sinks.archive import Archive
+from sinks.archive import Archive, ArchiveBatch
 from streams.app import WorkerSettings, create_app
 from streams.batching import BatchConsumer, install_batch_transport
 from streams.pipeline import Pipeline, StepResult
@@ -46,6 +50,16 @@ BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 30.0
 
 
+@dataclass
+class _Group:
+    """What the next archive transaction makes durable."""
+
+    batch: ArchiveBatch = field(default_factory=ArchiveBatch)
+    sent: list = field(default_factory=list)      # delivery futures of actions / dead letters
+    acks: list = field(default_factory=list)      # (offset ranges by TP, consumer generation)
+    events: int = 0
+
+
 class DispatchWorker:
     def __init__(self, settings: WorkerSettings, archive: Archive | None = None) -> None:
         self.settings = settings
@@ -56,7 +70,10 @@ class DispatchWorker:
         # one thread writes the archive (DuckDB is single-writer); shut down before close()
         self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="wattmix-archive")
         self._lock = asyncio.Lock()
-        self._inflight: asyncio.Task | None = None
+        self._open = _Group()           # decided, not yet being written
+        self._writing_events = 0        # events of the group being written
+        self._has_work = asyncio.Event()
+        self._written = asyncio.Event()
         self._received_next: dict[TP, int] = {}
         self._hw_unknown_since: dict[TP, float] = {}
         self._caught_up_since: dict[TP, tuple[int, float]] = {}
@@ -69,6 +86,7 @@ class DispatchWorker:
         self.topic = self.app.topic(*settings.topics.inputs.values(), value_type=bytes, key_type=bytes)
         self.app.topics.add(self.topic)  # subscribe: no agent, BatchConsumer delivers to us
         self.app.task(self._start)
+        self.app.task(self._durability_loop)
         self.app.timer(settings.tick_s, name="wattmix-idle-flush")(self._tick)
 
     def _restore(self) -> list:
@@ -107,25 +125,26 @@ class DispatchWorker:
         """One fetch: ``{TP: [aiokafka ConsumerRecord]}`` (they quack like ``Incoming``)."""
         if not self.stats["first_batch_at"]:
             self.stats["first_batch_at"] = time.monotonic()
+        # backpressure: at most max_inflight_events decided but not yet durable
+        while self._open.events + self._writing_events > self.settings.max_inflight_events:
+            self._written.clear()
+            await self._written.wait()
         ranges: dict[TP, tuple[int, int]] = {}
         msgs: list[Any] = []
-        n = 0
         for tp, recs in records.items():
             first, last = recs[0].offset, recs[-1].offset
             ranges[tp] = (first, last)
             if last + 1 > self._received_next.get(tp, -1):
                 self._received_next[tp] = last + 1
             msgs.extend(recs)
-            n += len(recs)
         async with self._lock:
             idle = await self._idle_snapshot()
-            result = self.pipeline.ingest(msgs, idle)
-            sent = await self._send(result)
-            # keep one batch in flight: wait for the previous one before queueing this one
-            prev = self._inflight
-            if prev is not None:
-                await prev
-            self._inflight = asyncio.ensure_future(self._durable(result, sent, ranges, generation_id, n))
+            group = self._open
+            result = self.pipeline.ingest(msgs, idle, batch=group.batch)
+            group.sent.extend(await self._send(result))
+            group.acks.append((ranges, generation_id))
+            group.events += len(msgs)
+        self._has_work.set()
 
     async def _tick(self) -> None:
         """Release events held back by the event-time merge once their partitions idle."""
@@ -133,18 +152,42 @@ class DispatchWorker:
             return
         async with self._lock:
             idle = await self._idle_snapshot()
-            result = self.pipeline.flush(idle)
-            if result.actions or len(result.batch):
-                sent = await self._send(result)
-                prev = self._inflight
-                if prev is not None:
-                    await prev
-                self._inflight = asyncio.ensure_future(self._durable(result, sent, {}, None, 0))
+            group = self._open
+            result = self.pipeline.flush(idle, batch=group.batch)
+            group.sent.extend(await self._send(result))
+        if len(group.batch):
+            self._has_work.set()
+
+    async def _durability_loop(self) -> None:
+        """Group commit: whatever was decided since the last write becomes durable in one
+        transaction (actions delivered, archive written, offsets acked), oldest first. The
+        fetch loop never waits for a write unless ``max_inflight_events`` are pending."""
+        while True:
+            await self._has_work.wait()
+            self._has_work.clear()
+            async with self._lock:  # a consistent cut: no step half-way into the group
+                group, self._open = self._open, _Group()
+            if not group.events and not len(group.batch):
+                continue
+            self._writing_events = group.events
+            try:
+                await self._make_durable(group)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # nothing after this group may be acked: stop the worker
+                log.exception("making a batch durable failed: %r", exc)
+                await self.app.crash(exc)
+                raise
+            finally:
+                self._writing_events = 0
+                self._written.set()
 
     async def drain(self) -> None:
-        """Wait for the batch in flight (if any) to be durable."""
-        while self._inflight is not None and not self._inflight.done():
-            await asyncio.shield(self._inflight)
+        """Wait until everything decided so far is durable (tests, shutdown)."""
+        while self._open.events or len(self._open.batch) or self._writing_events:
+            self._has_work.set()
+            self._written.clear()
+            await self._written.wait()
 
     # -- event-time merge support -----------------------------------------------------------
     async def _idle_snapshot(self):
@@ -214,27 +257,26 @@ class DispatchWorker:
             for o in result.outgoing
         ]
 
-    async def _durable(self, result: StepResult, sent: list, ranges: dict[TP, tuple[int, int]],
-                       generation_id: int | None, n_events: int) -> None:
-        if sent:
-            await asyncio.gather(*sent)
-        if len(result.batch):
-            await self._write_with_retry(result)
-        if ranges:
-            consumer = self.app.consumer
-            assert isinstance(consumer, BatchConsumer)
-            consumer.ack_ranges(ranges, generation_id)  # type: ignore[arg-type]
+    async def _make_durable(self, group: "_Group") -> None:
+        if group.sent:
+            await asyncio.gather(*group.sent)
+        if len(group.batch):
+            await self._write_with_retry(group.batch)
+        consumer = self.app.consumer
+        assert isinstance(consumer, BatchConsumer)
+        for ranges, generation_id in group.acks:
+            consumer.ack_ranges(ranges, generation_id)
         self.stats["batches"] += 1
-        self.stats["events"] += n_events
-        if self.on_durable is not None and n_events:
-            self.on_durable(n_events)
+        self.stats["events"] += group.events
+        if self.on_durable is not None and group.events:
+            self.on_durable(group.events)
 
-    async def _write_with_retry(self, result: StepResult) -> None:
+    async def _write_with_retry(self, batch: ArchiveBatch) -> None:
         delay = BACKOFF_START_S
         loop = asyncio.get_running_loop()
         while True:
             try:
-                await loop.run_in_executor(self._writer, self.archive.write_batch, result.batch)
+                await loop.run_in_executor(self._writer, self.archive.write_batch, batch)
                 return
             except SinkError as exc:
                 self.stats["archive_retries"] += 1

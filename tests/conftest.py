@@ -62,10 +62,10 @@ class TopicSet(dict[str, str]):
 
 @pytest.fixture
 def fresh_topics(kafka_bootstrap: str, request: pytest.FixtureRequest) -> Iterator[Callable[..., TopicSet]]:
-    from schemas.topics import ACTIONS, DEAD_LETTERS, DEFAULT_PARTITIONS, INPUT_FEEDS
+    from schemas.topics import ACTIONS, ACTUATIONS, DEAD_LETTERS, DEFAULT_PARTITIONS, INPUT_FEEDS
     from wattmix.broker import ensure_topics
 
-    feeds = INPUT_FEEDS + (ACTIONS, DEAD_LETTERS)
+    feeds = INPUT_FEEDS + (ACTIONS, DEAD_LETTERS, ACTUATIONS)
     slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40]
     created: list[str] = []
 

@@ -160,3 +160,25 @@ def test_create_views_is_idempotent_and_works_read_only(archive, tmp_path):
     nets = [n for (n,) in con.execute("SELECT net_usd FROM settled_actions WHERE settled").fetchall()]
     assert all(n is not None and math.isfinite(n) for n in nets)
     ar.close()
+
+
+def test_export_hive_partitioned_parquet(archive, tmp_path):
+    from wattmix.errors import SinkError
+    from wattmix.export import export
+
+    out = tmp_path / "pq"
+    res = export(archive["db"], out)
+    assert res["actions"] == (len(archive["actions"]), 3) and res["grid_prices"][0] == 360
+    assert sorted(d.name for d in (out / "actions").iterdir()) == ["date=2024-08-05", "date=2024-08-06",
+                                                                  "date=2024-08-07"]
+    c = duckdb.connect()
+    n, days = c.execute(f"SELECT count(*), count(DISTINCT date) FROM read_parquet('{out}/actions/*/*.parquet', "
+                        "hive_partitioning = true)").fetchone()
+    assert (n, days) == (len(archive["actions"]), 3)
+    (g,) = c.execute(f"SELECT count(*) FROM read_parquet('{out}/gpu_telemetry/*/*.parquet', hive_partitioning = true) "
+                     "WHERE date = DATE '2024-08-06'").fetchone()
+    assert g == sum(1 for name, r in archive["events"] if name == "gpu_telemetry"
+                    and r.observed_at.date().isoformat() == "2024-08-06")
+    with pytest.raises(SinkError, match="--overwrite"):
+        export(archive["db"], out)
+    assert export(archive["db"], out, ["actions"], overwrite=True)["actions"][0] == len(archive["actions"])

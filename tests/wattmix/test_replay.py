@@ -157,10 +157,10 @@ def test_double_replay_leaves_the_archive_unchanged(kafka_bootstrap, fresh_topic
     proc = start_worker(kafka_bootstrap, db, group, "." + topics.suffix, log)
     try:
         first = asyncio.run(publish_loaded(kafka_bootstrap, loaded, feed_topics))
-        wait_committed(kafka_bootstrap, group, first.last_offsets, proc, log, timeout=90)
+        wait_committed(kafka_bootstrap, group, first.last_offsets, proc, log, timeout=120)
         second = asyncio.run(publish_loaded(kafka_bootstrap, loaded, feed_topics))
         assert all(second.last_offsets[k] > v for k, v in first.last_offsets.items())
-        wait_committed(kafka_bootstrap, group, second.last_offsets, proc, log, timeout=90)
+        wait_committed(kafka_bootstrap, group, second.last_offsets, proc, log, timeout=120)
     finally:
         rc = stop_worker(proc)
     assert rc == 0, log.read_text()[-3000:]

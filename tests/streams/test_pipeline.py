@@ -1,0 +1,224 @@
+"""The worker's pure pipeline (streams/pipeline.py) without Kafka: decode -> dead letter with a
+reason, unknown sites, the event-time merge, what goes into the archive batch, batched GPU
+telemetry, and the boundary fast path's query."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import orjson
+import pytest
+
+from dispatch.processor import run_in_process
+from schemas.codec import decode_samples, encode
+from schemas.feeds import GpuTelemetry, GpuTelemetryBatch
+from schemas.site import load_sample_site
+from streams.app import TopicNames
+from streams.pipeline import Incoming, Pipeline
+from tests import factories as f
+from wattmix.errors import DecodeError
+
+SITE = load_sample_site()
+TOPICS = TopicNames(".t")
+NOW = datetime(2025, 1, 1, tzinfo=timezone.utc)
+ALL_IDLE = lambda topic, partition: True  # noqa: E731
+NONE_IDLE = lambda topic, partition: False  # noqa: E731
+
+
+def pipeline() -> Pipeline:
+    return Pipeline([SITE], TOPICS, now=lambda: NOW)
+
+
+def msg(feed: str, value: bytes | None, offset: int = 0, partition: int = 0, key: bytes | None = b"sample") -> Incoming:
+    return Incoming(TOPICS.feed(feed), partition, offset, key, value)
+
+
+def named(rec) -> str:
+    return {"GridPrice": "grid_prices", "Hashprice": "hashprice", "DemandResponseEvent": "dr_events",
+            "GpuTelemetry": "gpu_telemetry", "GpuTelemetryBatch": "gpu_telemetry"}[type(rec).__name__]
+
+
+def events():
+    ev = [f.hashprice(50.0)] + [f.rt_price(i, 30.0 + 100 * (i == 5)) for i in range(10)]
+    ev += [f.gpu_sample(f"j{j}", ("inference", "training", "batch")[j % 3], minute=m)
+           for j in range(6) for m in range(0, 150, 5)]
+    ev.sort(key=lambda e: e.event_time())
+    return ev
+
+
+# -- dead letters -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value, error_type, needle", [
+    (b"{not json", "DecodeError", "not valid JSON"),
+    (None, "DecodeError", "empty message"),
+    (orjson.dumps({k: v for k, v in orjson.loads(encode(f.rt_price(0, 30))).items() if k != "price_usd_mwh"}),
+     "DecodeError", "price_usd_mwh: required field missing"),
+    (encode(f.rt_price(0, 30)).replace(b'"interval_minutes":15', b'"interval_minutes":7'), "DecodeError",
+     "does not divide the hour"),
+    (encode(f.rt_price(0, 30, site="elsewhere")), "UnknownSite", "site_id 'elsewhere' is not configured"),
+])
+def test_bad_messages_become_dead_letters_with_a_reason(value, error_type, needle):
+    p = pipeline()
+    res = p.ingest([msg("grid_prices", value, offset=7, partition=2)], ALL_IDLE)
+    assert res.accepted == 0 and res.dead_letters == 1 and not res.actions
+    (out,) = res.outgoing
+    assert out.topic == TOPICS.dead_letters
+    dl = orjson.loads(out.value)
+    assert dl["error_type"] == error_type and needle in dl["reason"]
+    assert (dl["source_topic"], dl["source_partition"], dl["source_offset"]) == (TOPICS.feed("grid_prices"), 2, 7)
+    assert res.batch.counts() == {"dead_letters": 1}
+    (table,) = res.batch.to_arrow().values()
+    assert table.column("raw").to_pylist() == [value or b""]
+
+
+def test_unknown_topic_is_dead_lettered():
+    p = pipeline()
+    res = p.ingest([Incoming("some.other.topic", 0, 3, None, b"{}")], ALL_IDLE)
+    assert res.dead_letters == 1
+    assert orjson.loads(res.outgoing[0].value)["error_type"] == "UnknownTopic"
+
+
+def test_a_bad_message_does_not_stop_the_others():
+    p = pipeline()
+    good = [msg(named(e), encode(e), offset=i) for i, e in enumerate(events())]
+    res = p.ingest(good[:5] + [msg("grid_prices", b"garbage")] + good[5:], ALL_IDLE)
+    assert res.dead_letters == 1 and res.accepted == len(good)
+
+
+# -- event-time merge -----------------------------------------------------------------------
+
+def test_merge_holds_events_until_every_feed_is_idle_or_past_them():
+    p = pipeline()
+    ev = events()
+    prices = [e for e in ev if named(e) == "grid_prices"]
+    gpu = [e for e in ev if named(e) == "gpu_telemetry"]
+    # telemetry for the whole 2.5 h arrives first, the prices are not there yet: nothing may be
+    # released (prices could still bring earlier events)
+    res = p.ingest([msg("gpu_telemetry", encode(g), offset=i) for i, g in enumerate(gpu)], NONE_IDLE)
+    assert not res.actions and p.pending() == len(gpu)
+    # every event is archived at once, whether released or not
+    assert res.batch.counts() == {"gpu_telemetry": len(gpu)}
+    # prices arrive; DR and hashprice partitions idle: released up to the newest telemetry (02:25)
+    quiet = {TOPICS.feed("dr_events"), TOPICS.feed("hashprice")}
+    res = p.ingest([msg("hashprice", encode(ev[0]))] + [msg("grid_prices", encode(x), offset=i)
+                                                        for i, x in enumerate(prices)],
+                   lambda topic, partition: topic in quiet)
+    newest_gpu = max(g.observed_at for g in gpu)
+    assert res.actions and all(a.interval_start < newest_gpu for a in res.actions)
+    assert p.pending() == sum(1 for e in ev if e.event_time() > newest_gpu)
+    p.flush(ALL_IDLE)
+    assert p.pending() == 0
+
+
+def test_live_decisions_equal_the_in_process_engine_whatever_the_batching():
+    ev = events()
+    expected = run_in_process(SITE, ev)
+    for size in (1, 7, 1000):
+        p = pipeline()
+        msgs = [msg(named(e), encode(e), offset=i) for i, e in enumerate(ev)]
+        got = []
+        for i in range(0, len(msgs), size):
+            got.extend(p.ingest(msgs[i:i + size], NONE_IDLE).actions)
+        got.extend(p.flush(ALL_IDLE).actions)
+        assert [encode(a) for a in got] == [encode(a) for a in expected], size
+
+
+def test_batch_contents_and_action_messages():
+    p = pipeline()
+    ev = events()
+    res = p.ingest([msg(named(e), encode(e), offset=i, partition=3) for i, e in enumerate(ev)], ALL_IDLE)
+    counts = res.batch.counts()
+    assert counts["gpu_telemetry"] + counts["grid_prices"] + counts["hashprice"] == len(ev)
+    assert counts["actions"] == len(res.actions) > 0
+    tables = res.batch.to_arrow()
+    assert set(tables["gpu_telemetry"].column("kafka_partition").to_pylist()) == {3}
+    assert tables["grid_prices"].column("kafka_offset").to_pylist() == [
+        i for i, e in enumerate(ev) if named(e) == "grid_prices"]
+    acts = [o for o in res.outgoing if o.topic == TOPICS.actions]
+    assert len(acts) == len(res.actions)
+    assert all(o.key == b"sample" for o in acts)
+    assert [orjson.loads(o.value)["interval_start"] for o in acts] == [a.interval_start.isoformat() for a in res.actions]
+    assert p.partitions_in_use() == {3}
+
+
+def test_late_events_are_archived_and_flagged():
+    p = pipeline()
+    ev = events()
+    p.ingest([msg(named(e), encode(e), offset=i) for i, e in enumerate(ev)], ALL_IDLE)
+    late = f.gpu_sample("j0", "inference", minute=1)  # long decided
+    res = p.ingest([msg("gpu_telemetry", encode(late), offset=999)], ALL_IDLE)
+    assert res.late == 1 and res.accepted == 1
+    assert res.batch.to_arrow()["gpu_telemetry"].column("late").to_pylist() == [True]
+
+
+# -- batched GPU telemetry ------------------------------------------------------------------
+
+def test_batched_telemetry_is_the_same_as_single_samples():
+    ev = events()
+    single = pipeline()
+    s_actions = []
+    for i, e in enumerate(ev):
+        s_actions += single.ingest([msg(named(e), encode(e), offset=i)], NONE_IDLE).actions
+    s_actions += single.flush(ALL_IDLE).actions
+
+    batched = pipeline()
+    msgs, buf = [], []
+    for e in ev + [None]:
+        if e is not None and named(e) == "gpu_telemetry" and len(buf) < 6:
+            buf.append(e)
+            continue
+        if buf:
+            msgs.append(msg("gpu_telemetry", encode(GpuTelemetryBatch(site_id="sample", samples=buf)), offset=len(msgs)))
+            buf = []
+        if e is not None:
+            if named(e) == "gpu_telemetry":
+                buf.append(e)
+            else:
+                msgs.append(msg(named(e), encode(e), offset=len(msgs)))
+    b_actions, rows = [], 0
+    for m in msgs:
+        r = batched.ingest([m], NONE_IDLE)
+        b_actions += r.actions
+        rows += r.batch.counts().get("gpu_telemetry", 0)
+    b_actions += batched.flush(ALL_IDLE).actions
+    assert len(msgs) < len(ev)
+    assert rows == sum(1 for e in ev if named(e) == "gpu_telemetry")
+    assert [encode(a) for a in b_actions] == [encode(a) for a in s_actions]
+
+
+def test_a_bad_sample_rejects_its_batch_with_the_index_in_the_reason():
+    good = [f.gpu_sample(f"j{i}", minute=i) for i in range(3)]
+    raw = encode(GpuTelemetryBatch(site_id="sample", samples=good)).replace(b'"utilization":0.9', b'"utilization":1.9', 1)
+    with pytest.raises(DecodeError) as ei:
+        decode_samples(GpuTelemetry, GpuTelemetryBatch, raw)
+    assert "samples.0.utilization" in ei.value.reason
+    res = pipeline().ingest([msg("gpu_telemetry", raw)], ALL_IDLE)
+    assert res.dead_letters == 1 and res.accepted == 0
+
+
+def test_batch_samples_must_belong_to_the_batch_site():
+    with pytest.raises(ValueError, match="differs from the batch's site_id"):
+        GpuTelemetryBatch(site_id="sample", samples=[f.gpu_sample("a"), f.gpu_sample("b", site="other")])
+
+
+def test_single_samples_still_decode_on_the_batched_topic():
+    g = f.gpu_sample("solo")
+    assert decode_samples(GpuTelemetry, GpuTelemetryBatch, encode(g)) == [g]
+
+
+# -- the boundary fast path's query ---------------------------------------------------------
+
+def test_at_boundary_only_when_the_newest_event_sits_on_the_next_boundary():
+    p = pipeline()
+    first = [f.hashprice(50.0), f.rt_price(0, 30.0), f.gpu_sample("j", minute=16)]
+    res = p.ingest([msg(named(e), encode(e), offset=i) for i, e in enumerate(first)], ALL_IDLE)
+    assert [a.interval_start for a in res.actions] == [f.T0 + (first[1].published_at - f.T0)]
+    nb = p.lanes["sample"].processor.clock.next_boundary
+    assert not p.at_boundary("grid_prices", 0)  # nothing pending
+    price = f.rt_price(1, 31.0)  # published at 00:30, the next boundary
+    assert price.published_at == nb
+    p.ingest([msg("grid_prices", encode(price), offset=9)], NONE_IDLE)
+    assert p.pending() == 1
+    assert p.at_boundary("grid_prices", 0)
+    assert not p.at_boundary("gpu_telemetry", 0)  # its newest (00:16) is not on the boundary
+    assert not p.at_boundary("grid_prices", 1)  # no site on partition 1
