@@ -537,7 +537,7 @@ class PlanningCore:
             "hashprice_usd_per_ph_day": hp, "fleets": fleets, "gpus": gpus,
             "paused_job_ids": list(paused_jobs), "load_mw": total,
             "sold_back_mw": max(cx.hedge_q - total, 0.0) if site.hedge else 0.0,
-            "dr": dr, "expected": terms, "reasons": reasons})
+            "dr": dr, "expected": terms, "reasons": reasons, "watchdog": False})
 
 
 # ---------------------------------------------------------------------------------------

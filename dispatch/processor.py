@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from dispatch import watchdog
 from dispatch.clock import IntervalClock
 from dispatch.engine import DecisionInput, EngineMemory, Policy, remember
 from dispatch.state import SiteState
@@ -57,6 +58,7 @@ class SiteProcessor:
 
     def decide(self, boundary: datetime) -> DispatchAction:
         action = self.policy.decide(DecisionInput(self.site, self.state, self.memory, boundary))
+        action = watchdog.apply(self.site, self.state, action)  # stale feeds: safe state
         remember(self.memory, action)
         return action
 

@@ -69,6 +69,8 @@ class DispatchAction(WireModel):
     dr: DrStatusInAction
     expected: PnlTerms = Field(description="P&L terms at the expected price")
     reasons: list[str]
+    watchdog: bool = Field(default=False, description="a feed is stale: the site is in the watchdog's safe "
+                                                       "state (dispatch/watchdog.py); reasons say why")
 
     @property
     def action_id(self) -> str:

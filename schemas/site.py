@@ -133,6 +133,11 @@ class SiteConfig(_Config):
     fourcp_peak_probability: float = Field(
         default=0.25, ge=0, le=1,
         description="probability that a 4CP alert window holds its month's system peak interval")
+    watchdog_price_minutes: int = Field(
+        default=60, gt=0,
+        description="no new real-time price for longer than this (event time): safe state (dispatch/watchdog.py)")
+    watchdog_hashprice_hours: float = Field(
+        default=48, gt=0, description="hashprice published longer ago than this (event time): safe state")
 
     @model_validator(mode="after")
     def _check(self) -> "SiteConfig":

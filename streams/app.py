@@ -14,6 +14,7 @@ from pathlib import Path
 import faust
 
 from schemas.site import SiteConfig, load_sample_site, load_site
+from streams.security import KafkaSecurity
 from schemas.topics import ACTIONS, DEAD_LETTERS, DEFAULT_PARTITIONS, INPUT_FEEDS
 
 
@@ -84,21 +85,33 @@ class WorkerSettings:
     boundary_fast_path: bool = True
     # How often held-back events are re-checked for release (the timer).
     tick_s: float = 0.02
-    # Extra Kafka client settings (SASL/TLS...), passed to Faust as-is.
-    broker_credentials: object | None = None
+    # How often the worker checks that the broker answers (outages show in its log; see
+    # DispatchWorker._broker_probe); also the probe's timeout.
+    broker_probe_s: float = 2.0
+    # SASL/TLS from the environment (streams/security.py); the password is a SecretStr.
+    security: KafkaSecurity = field(default_factory=KafkaSecurity)
+    # Faust credentials object; overrides `security` when given (kept out of repr).
+    broker_credentials: object | None = field(default=None, repr=False)
 
     @classmethod
     def from_args(cls, kafka: str, db: str, site_files: list[str] | None = None, topic_suffix: str = "",
                   **kw) -> "WorkerSettings":
         sites = tuple(load_site(Path(p)) for p in (site_files or [])) or (load_sample_site(),)
+        kw.setdefault("security", KafkaSecurity.from_env())
         return cls(kafka=kafka, db=db, sites=sites, topics=TopicNames(topic_suffix), **kw)
 
 
 def create_app(settings: WorkerSettings) -> faust.App:
+    import tempfile
+
+    # Faust wants a data directory even with in-memory tables; keep it out of the cwd
+    datadir = Path(tempfile.gettempdir()) / "wattmix-faust" / settings.app_id
+    datadir.mkdir(parents=True, exist_ok=True)
     return faust.App(
         settings.app_id,
+        datadir=str(datadir),
         broker=f"kafka://{settings.kafka}",
-        broker_credentials=settings.broker_credentials,
+        broker_credentials=settings.broker_credentials or settings.security.faust_credentials(),
         value_serializer="raw",
         key_serializer="raw",
         store="memory://",

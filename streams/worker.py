@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from collections.abc import Callable, Mapping, Sequence
@@ -36,7 +37,7 @@ from typing import Any
 import faust
 from faust.types import TP
 
-from sinks.archive import Archive, ArchiveBatch
+from sinks.archive import Archive, ArchiveBatch, ArchiveError
 from streams.app import WorkerSettings, create_app
 from streams.batching import BatchConsumer, install_batch_transport
 from streams.pipeline import Pipeline, StepResult
@@ -48,6 +49,11 @@ log = logging.getLogger("wattmix.worker")
 #: on its own: an operator fixes the disk, the worker carries on where it stopped.
 BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 30.0
+
+#: Fault injection for the reliability tests, off by default: ``WATTMIX_FAULT_ARCHIVE_FAILS=N``
+#: makes the first N archive writes of this process raise a transient ArchiveError (as a full
+#: disk or a locked file would) before touching DuckDB. Never set it in production.
+FAULT_ARCHIVE_FAILS_ENV = "WATTMIX_FAULT_ARCHIVE_FAILS"
 
 
 @dataclass
@@ -67,6 +73,9 @@ class DispatchWorker:
         install_batch_transport(self.app, self._on_batch, settings.fetch_max_wait_s)
         self.pipeline = Pipeline(settings.sites, settings.topics)
         self.archive = archive or Archive(settings.db)
+        from sinks.views import register_sites  # hedge terms for the archive's P&L views
+
+        register_sites(self.archive.connection(), settings.sites)
         # one thread writes the archive (DuckDB is single-writer); shut down before close()
         self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="wattmix-archive")
         self._lock = asyncio.Lock()
@@ -79,6 +88,8 @@ class DispatchWorker:
         self._caught_up_since: dict[TP, tuple[int, float]] = {}
         self._feed_of_topic = {t: name for name, t in settings.topics.inputs.items()}
         self.stats = {"batches": 0, "events": 0, "archive_retries": 0, "first_batch_at": 0.0}
+        self.stats.update(broker_outages=0, broker_outage_s=0.0)
+        self._fault_archive_fails = int(os.environ.get(FAULT_ARCHIVE_FAILS_ENV, "0") or 0)
         #: called with the number of events each time a batch is durable and acked (benchmarks)
         self.on_durable: Callable[[int], None] | None = None
 
@@ -87,6 +98,7 @@ class DispatchWorker:
         self.app.topics.add(self.topic)  # subscribe: no agent, BatchConsumer delivers to us
         self.app.task(self._start)
         self.app.task(self._durability_loop)
+        self.app.task(self._broker_probe)
         self.app.timer(settings.tick_s, name="wattmix-idle-flush")(self._tick)
 
     def _restore(self) -> list:
@@ -182,6 +194,43 @@ class DispatchWorker:
                 self._writing_events = 0
                 self._written.set()
 
+    async def _broker_probe(self) -> None:
+        """Say when the broker stops answering, and when it is back (logs + ``stats``).
+
+        Every ``broker_probe_s`` a Metadata request goes out on the producer's connection; no
+        answer within ``broker_probe_s`` counts as an outage. The Kafka clients reconnect and
+        retry on their own: this only makes an outage visible (a hung broker otherwise shows as
+        nothing but a stall). Nothing is acked meanwhile, so nothing can be lost.
+        """
+        every = self.settings.broker_probe_s
+        down_since: float | None = None
+        last_warned = 0.0
+        while True:
+            await asyncio.sleep(every)
+            try:
+                client = self.app.producer._ensure_producer().client  # type: ignore[attr-defined]
+                await asyncio.wait_for(client.fetch_all_metadata(), timeout=every)
+                ok, why = True, ""
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                ok, why = False, (f"no answer to Metadata within {every:.1f} s"
+                                  if isinstance(exc, asyncio.TimeoutError) else repr(exc))
+            now = time.monotonic()
+            if ok and down_since is not None:
+                lasted = now - down_since
+                self.stats["broker_outage_s"] += lasted
+                log.warning("broker %s answering again after a %.1f s outage; clients reconnected",
+                            self.settings.kafka, lasted)
+                down_since = None
+            elif not ok and down_since is None:
+                down_since = last_warned = now - every
+                self.stats["broker_outages"] += 1
+                log.warning("broker %s outage: %s; offsets held, Kafka clients retrying", self.settings.kafka, why)
+            elif not ok and now - last_warned >= 10:
+                last_warned = now
+                log.warning("broker %s still down after %.0f s: %s", self.settings.kafka, now - down_since, why)
+
     async def drain(self) -> None:
         """Wait until everything decided so far is durable (tests, shutdown)."""
         while self._open.events or len(self._open.batch) or self._writing_events:
@@ -239,7 +288,10 @@ class DispatchWorker:
 
         def idle(topic: str, partition: int) -> bool:
             key = (topic, partition)
-            v = snapshot.get(key, True)
+            # A partition first seen in this very batch was not in the snapshot: it blocks
+            # until the next tick looks at it (treating it as idle released a whole first
+            # fetch of prices before the telemetry behind it: 32 of 671 demo decisions differed).
+            v = snapshot.get(key, False)
             if v or not fast or key not in caught_up_now:
                 return v
             # evaluated when the merge asks, i.e. after this batch's events were accepted
@@ -273,14 +325,23 @@ class DispatchWorker:
 
     async def _write_with_retry(self, batch: ArchiveBatch) -> None:
         delay = BACKOFF_START_S
+        failures = 0
         loop = asyncio.get_running_loop()
         while True:
             try:
+                if self._fault_archive_fails > 0:  # test hook, see FAULT_ARCHIVE_FAILS_ENV
+                    self._fault_archive_fails -= 1
+                    raise ArchiveError(f"injected fault ({FAULT_ARCHIVE_FAILS_ENV}): simulated disk full, "
+                                       f"batch of {len(batch)} rows not written", transient=True)
                 await loop.run_in_executor(self._writer, self.archive.write_batch, batch)
+                if failures:
+                    log.warning("archive write succeeded after %d failed attempts; offsets released", failures)
                 return
             except SinkError as exc:
+                failures += 1
                 self.stats["archive_retries"] += 1
-                log.error("archive write failed, offsets held back, retrying in %.1f s: %s", delay, exc)
+                kind = "transient" if getattr(exc, "transient", True) else "permanent, needs an operator"
+                log.error("archive write failed (%s), offsets held back, retrying in %.1f s: %s", kind, delay, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX_S)
 

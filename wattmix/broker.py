@@ -373,9 +373,22 @@ class EmbeddedBroker:
             except Exception:  # pragma: no cover - interpreter shutdown
                 pass
 
+    def pause(self) -> None:
+        """Freeze the broker (SIGSTOP): a real outage from the clients' view (connections stay
+        open, nothing answers) that keeps the in-memory data. For fault tests; see resume()."""
+        if not self.running:
+            raise BrokerError("the broker is not running: nothing to pause")
+        _signal_group(self._proc.pid, signal.SIGSTOP)  # type: ignore[union-attr]
+
+    def resume(self) -> None:
+        """Undo pause() (SIGCONT)."""
+        if self.running:
+            _signal_group(self._proc.pid, signal.SIGCONT)  # type: ignore[union-attr]
+
     def _terminate(self) -> None:
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
+            _signal_group(proc.pid, signal.SIGCONT)  # a paused broker cannot act on SIGTERM
             _signal_group(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(timeout=self.stop_timeout)
@@ -468,7 +481,7 @@ async def ensure_topics(
         raise ConfigError(f"partitions must be >= 1, got {partitions}")
     if not wanted:
         return
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap,
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **_security(),
                                 request_timeout_ms=int(timeout * 1000),
                                 client_id="wattmix-admin")
     try:
@@ -567,3 +580,10 @@ def run_broker_cli(port: int | None = None, partitions: int | None = None) -> in
         broker.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _security() -> dict:
+    """SASL/TLS settings for aiokafka clients, from the environment (see streams/security.py)."""
+    from streams.security import client_kwargs
+
+    return client_kwargs()

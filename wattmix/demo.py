@@ -51,7 +51,7 @@ async def publish_events(bootstrap: str, named_events, topics: dict[str, str], p
 
     from dispatch.clock import ceil_to_interval
 
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **_security(), acks="all", linger_ms=5,
                                 max_batch_size=256 * 1024, enable_idempotence=False)
     await producer.start()
     last: dict[tuple[str, int], int] = {}
@@ -91,7 +91,7 @@ async def committed_offsets(bootstrap: str, group: str, tps: list[tuple[str, int
     from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.structs import TopicPartition
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="wattmix-demo")
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **_security(), client_id="wattmix-demo")
     await admin.start()
     try:
         res = await admin.list_consumer_group_offsets(group, partitions=[TopicPartition(t, p) for t, p in tps])
@@ -104,7 +104,7 @@ async def read_action_ids(bootstrap: str, topic: str, timeout_s: float = 2.0) ->
     """Every action on the topic, by action_id (de-duplicated, as any consumer should)."""
     from aiokafka import AIOKafkaConsumer
 
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, **_security(), group_id=None,
                                 auto_offset_reset="earliest", enable_auto_commit=False)
     await consumer.start()
     out: dict[str, bytes] = {}
@@ -247,3 +247,10 @@ def publish_demo_cli(kafka: str, seed: int = 7, days: int = 7, jobs: int = 1000)
     asyncio.run(publish_events(kafka, events, {f.name: f.topic for f in INPUT_FEEDS}, progress))
     print(f"published {len(events):,} events in {time.monotonic() - t0:.1f} s")
     return 0
+
+
+def _security() -> dict:
+    """SASL/TLS settings for aiokafka clients, from the environment (see streams/security.py)."""
+    from streams.security import client_kwargs
+
+    return client_kwargs()

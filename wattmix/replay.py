@@ -316,7 +316,7 @@ async def publish_loaded(bootstrap: str, loaded: Loaded, topics: dict[str, str],
     res = PublishResult(skipped=skip, per_topic=dict(per_topic_start or {}))
     for name in FEED_NAMES:
         res.per_topic.setdefault(topics[name], 0)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0, enable_idempotence=False,
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **_security(), acks="all", linger_ms=0, enable_idempotence=False,
                                 max_batch_size=max_batch_bytes, max_request_size=8 * max_batch_bytes)
     await producer.start()
     try:
@@ -581,3 +581,10 @@ def run_replay_cli(args, out=sys.stdout) -> int:
     if bad.count:
         say(f"{bad.count:,} bad row(s) skipped (listed above)")
     return 0
+
+
+def _security() -> dict:
+    """SASL/TLS settings for aiokafka clients, from the environment (see streams/security.py)."""
+    from streams.security import client_kwargs
+
+    return client_kwargs()
