@@ -381,14 +381,14 @@ class EmbeddedBroker:
         _signal_group(self._proc.pid, signal.SIGSTOP)  # type: ignore[union-attr]
 
     def resume(self) -> None:
-        """Undo pause() (SIGCONT)."""
+        """Undo pause() (SIGCONT). A paused broker cannot act on SIGTERM: stop() then falls back
+        to SIGKILL after ``stop_timeout``, so resume first."""
         if self.running:
             _signal_group(self._proc.pid, signal.SIGCONT)  # type: ignore[union-attr]
 
     def _terminate(self) -> None:
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
-            _signal_group(proc.pid, signal.SIGCONT)  # a paused broker cannot act on SIGTERM
             _signal_group(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(timeout=self.stop_timeout)

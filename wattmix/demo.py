@@ -129,7 +129,8 @@ def _start_worker(bootstrap: str, db: str, log_path: Path) -> subprocess.Popen:
                             stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
-def _stop_worker(proc: subprocess.Popen, timeout: float = 20.0) -> int:
+def stop_worker(proc: subprocess.Popen, timeout: float = 20.0) -> int:
+    """SIGTERM (a clean Faust shutdown), then SIGKILL of its process group after ``timeout``."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -186,7 +187,7 @@ def run_demo(db: str = "wattmix-demo.duckdb", seed: int = 7, days: int = 7, jobs
                 _say(f"worker did not catch up within {timeout_s:.0f} s; see {log_path}")
                 return 1
         finally:
-            rc = _stop_worker(worker)
+            rc = stop_worker(worker)
             _say(f"worker stopped (exit {rc})", quiet)
 
         live = asyncio.run(read_action_ids(bootstrap, "wattmix.actions"))

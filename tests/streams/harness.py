@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 import orjson
 
 from wattmix.demo import committed_offsets
+from wattmix.demo import stop_worker as _stop
 
 
 def start_worker(bootstrap: str, db: Path, group: str, topic_suffix: str, log: Path) -> subprocess.Popen:
@@ -28,14 +28,7 @@ def start_worker(bootstrap: str, db: Path, group: str, topic_suffix: str, log: P
 
 
 def stop_worker(proc: subprocess.Popen, timeout: float = 30.0) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    return proc.returncode
+    return _stop(proc, timeout)
 
 
 def wait_committed(bootstrap: str, group: str, last_offsets: dict[tuple[str, int], int], proc: subprocess.Popen,
