@@ -92,6 +92,10 @@ class WorkerSettings:
     security: KafkaSecurity = field(default_factory=KafkaSecurity)
     # Faust credentials object; overrides `security` when given (kept out of repr).
     broker_credentials: object | None = field(default=None, repr=False)
+    # `wattmix worker --web-port N`: /metrics, /api/state and a live dashboard on web_bind:N
+    # (streams/web.py); None: no web server at all.
+    web_port: int | None = None
+    web_bind: str = "127.0.0.1"
 
     @classmethod
     def from_args(cls, kafka: str, db: str, site_files: list[str] | None = None, topic_suffix: str = "",

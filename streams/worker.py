@@ -100,6 +100,17 @@ class DispatchWorker:
         self.app.task(self._durability_loop)
         self.app.task(self._broker_probe)
         self.app.timer(settings.tick_s, name="wattmix-idle-flush")(self._tick)
+        self.web = None  # streams.web.WebState when --web-port is given
+        if settings.web_port is not None:
+            from streams import web
+
+            self.web = web.WebState(self)
+            self.app.task(self._serve_web)
+
+    async def _serve_web(self) -> None:
+        from streams.web import serve
+
+        await serve(self.web, self.settings.web_bind, self.settings.web_port)
 
     def _restore(self) -> list:
         """Rebuild every site's state from the archive (see :meth:`Pipeline.restore`)."""
@@ -156,6 +167,9 @@ class DispatchWorker:
             group.sent.extend(await self._send(result))
             group.acks.append((ranges, generation_id))
             group.events += len(msgs)
+        if self.web is not None:  # per batch, off the lock
+            self.web.observe_received({tp.topic: len(recs) for tp, recs in records.items()})
+            self.web.observe(result)
         self._has_work.set()
 
     async def _tick(self) -> None:
@@ -167,6 +181,8 @@ class DispatchWorker:
             group = self._open
             result = self.pipeline.flush(idle, batch=group.batch)
             group.sent.extend(await self._send(result))
+        if self.web is not None and result.actions:
+            self.web.observe(result)
         if len(group.batch):
             self._has_work.set()
 
@@ -352,13 +368,13 @@ class DispatchWorker:
 
 
 def run_worker(kafka: str, db: str, site_files: Sequence[str] | None = None, partitions: int | None = None,
-               group: str = "wattmix-worker", topic_suffix: str = "") -> int:
+               group: str = "wattmix-worker", topic_suffix: str = "", web_port: int | None = None) -> int:
     """``wattmix worker``: ensure topics exist, then run until SIGINT/SIGTERM."""
     from wattmix.broker import ensure_topics
 
     kw = {"partitions": partitions} if partitions else {}
     settings = WorkerSettings.from_args(kafka=kafka, db=db, site_files=list(site_files or []),
-                                        topic_suffix=topic_suffix, app_id=group, **kw)
+                                        topic_suffix=topic_suffix, app_id=group, web_port=web_port, **kw)
     asyncio.run(ensure_topics(settings.kafka, settings.topics.all, settings.partitions))
     worker = DispatchWorker(settings)
     log.info("wattmix worker: sites %s, archive %s", [s.site_id for s in settings.sites], settings.db)

@@ -34,7 +34,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     from streams.worker import run_worker
 
     return run_worker(kafka=args.kafka, db=args.db, site_files=args.site, partitions=args.partitions,
-                      group=args.group, topic_suffix=args.topic_suffix)
+                      group=args.group, topic_suffix=args.topic_suffix, web_port=args.web_port)
 
 
 def _cmd_broker(args: argparse.Namespace) -> int:
@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--group", default="wattmix-worker", help="consumer group (Faust app id)")
     w.add_argument("--topic-suffix", default=os.environ.get("WATTMIX_TOPIC_SUFFIX", ""),
                    help="suffix appended to every topic name (a tenant's or a test's own set)")
+    w.add_argument("--web-port", type=int, default=None,
+                   help="serve /metrics, /api/state and a live dashboard on 127.0.0.1:PORT (default: off)")
     w.set_defaults(func=_cmd_worker)
 
     b = sub.add_parser("broker", help="start the embedded tansu broker on loopback")
@@ -161,6 +163,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `wattmix sql ... | head`: the reader left, nothing is wrong
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":
