@@ -75,7 +75,7 @@ class WebState:
         mix.update({f"gpu:{g.gpu_class}": g.power_mw for g in a.gpus})
         self.history.setdefault(site, deque(maxlen=HISTORY)).append({
             "t": d["interval_start"], "mix": mix, "sold_back_mw": a.sold_back_mw,
-            "price": a.price_known_usd_mwh, "net_usd": a.expected.net_usd,
+            "price": a.price_known_usd_mwh, "net_usd": a.expected.net_usd, "dr": bool(a.dr.active_event_ids),
         })
 
     # -- read side ----------------------------------------------------------------------------
@@ -183,6 +183,8 @@ table{border-collapse:collapse}td,th{padding:.2em .8em;border-bottom:1px solid #
 <h3>Mix, MW by load</h3>
 <svg class="chart mix-chart" id="mix" width="900" height="260" viewBox="0 0 900 260"></svg>
 <div class="legend" id="legend"></div>
+<h3>Real-time price vs mining breakeven, $/MWh</h3>
+<svg class="chart price-chart" id="pricechart" width="900" height="160" viewBox="0 0 900 160"></svg>
 <h3>Mining fleets</h3>
 <table id="fleets"><tr><th>fleet</th><th>online</th><th>MW</th><th>breakeven $/MWh</th><th>vs price</th></tr></table>
 <h3>Demand response</h3>
@@ -216,7 +218,11 @@ table{border-collapse:collapse}td,th{padding:.2em .8em;border-bottom:1px solid #
       var t = el("text", {x: L - 4, y: y(v) + 4, "text-anchor": "end", "font-size": 10, fill: "#777"});
       t.textContent = v.toFixed(0); svg.appendChild(t);
     }
-    var legend = $("legend"); legend.innerHTML = "";
+    hist.forEach(function (h, i) {  // DR event windows, shaded behind the bars
+      if (h.dr) svg.appendChild(el("rect", {"class": "dr-window", x: (L + i * bw).toFixed(1), width: bw.toFixed(1),
+        y: T, height: H - T - B, fill: "#fde0dd"}));
+    });
+    var legend = $("legend"); legend.innerHTML = '<span><i style="background:#fde0dd"></i>DR event</span>';
     keys.forEach(function (k, ki) {
       var g = el("g", {"class": "series", "data-series": k});
       for (var i = 0; i < n; i++) {
@@ -239,6 +245,38 @@ table{border-collapse:collapse}td,th{padding:.2em .8em;border-bottom:1px solid #
     });
     return keys.length;
   }
+  function drawPrice(hist, fleets) {
+    var svg = $("pricechart"), W = 900, H = 160, L = 48, B = 8, T = 10, R = 10;
+    while (svg.firstChild) svg.removeChild(svg.firstChild);
+    var be = fleets.map(function (f) { return f.breakeven_usd_mwh; });
+    // spikes would flatten everything: the scale stops at twice the highest breakeven
+    var ymax = Math.max(100, 2 * Math.max.apply(null, be.concat([0])));
+    var n = hist.length, bw = (W - L - R) / Math.max(n, 1);
+    function y(v) { return T + (H - T - B) * (1 - Math.min(v, ymax) / ymax); }
+    [0, ymax / 2, ymax].forEach(function (v) {
+      svg.appendChild(el("line", {x1: L, x2: W - R, y1: y(v), y2: y(v), stroke: "#eee"}));
+      var t = el("text", {x: L - 4, y: y(v) + 4, "text-anchor": "end", "font-size": 10, fill: "#777"});
+      t.textContent = v.toFixed(0); svg.appendChild(t);
+    });
+    fleets.forEach(function (f, i) {
+      svg.appendChild(el("line", {"class": "breakeven", "data-fleet": f.fleet, x1: L, x2: W - R,
+        y1: y(f.breakeven_usd_mwh), y2: y(f.breakeven_usd_mwh), stroke: COLORS[(i + 3) % COLORS.length],
+        "stroke-dasharray": "5,4"}));
+      var t = el("text", {x: W - R - 4, y: y(f.breakeven_usd_mwh) - 3, "text-anchor": "end", "font-size": 10,
+        fill: "#555"});
+      t.textContent = f.fleet + " breakeven " + f.breakeven_usd_mwh.toFixed(0); svg.appendChild(t);
+    });
+    var d = "";
+    hist.forEach(function (h, i) {
+      if (h.price === null) return;
+      d += (d ? "L" : "M") + (L + (i + 0.5) * bw).toFixed(1) + "," + y(h.price).toFixed(1);
+      if (h.price > ymax) {
+        var t = el("text", {x: L + (i + 0.5) * bw, y: T + 10, "text-anchor": "middle", "font-size": 9, fill: "#b00"});
+        t.textContent = h.price.toFixed(0); svg.appendChild(t);
+      }
+    });
+    if (d) svg.appendChild(el("path", {"class": "price", d: d, fill: "none", stroke: "#222", "stroke-width": 1.5}));
+  }
   function render(st) {
     var ids = Object.keys(st.sites);
     if (!ids.length) { $("site").textContent = "(no decision yet)"; return; }
@@ -250,7 +288,7 @@ table{border-collapse:collapse}td,th{padding:.2em .8em;border-bottom:1px solid #
     $("price-exp").textContent = "$" + fmt(a.price_expected_usd_mwh, 2);
     $("load").textContent = fmt(a.load_mw) + " MW";
     $("sold").textContent = fmt(a.sold_back_mw) + " MW";
-    $("pnl").textContent = "$" + fmt(s.pnl_today.net_usd, 0);
+    $("pnl").textContent = "$" + fmt(s.pnl_today.net_usd, 0).replace(/\B(?=(\d{3})+(?!\d))/g, ",");
     $("watchdog").textContent = a.watchdog ? "SAFE STATE" : "ok";
     var rows = '<tr><th>fleet</th><th>online</th><th>MW</th><th>breakeven $/MWh</th><th>vs price</th></tr>';
     a.fleets.forEach(function (f) {
@@ -265,6 +303,7 @@ table{border-collapse:collapse}td,th{padding:.2em .8em;border-bottom:1px solid #
       ? '<span class="dr-active">active: ' + dr.active_event_ids.join(", ") + "</span> &middot; limit " +
         fmt(dr.limit_mw) + " MW &middot; shortfall " + fmt(dr.shortfall_mw, 2) + " MW"
       : '<span class="dr-none">no active DR event</span>';
+    drawPrice(s.history, a.fleets);
     var n = drawMix(s.history);
     document.body.setAttribute("data-series", String(n));
     document.body.setAttribute("data-points", String(s.history.length));

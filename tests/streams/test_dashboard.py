@@ -119,6 +119,7 @@ def test_worker_serves_metrics_state_and_a_live_dashboard(kafka_bootstrap, fresh
         assert _metric(text, "wattmix_dr_active", site=SITE_ID) == 0
         net = sum(h["net_usd"] for h in first["history"])
         assert first["pnl_today"]["net_usd"] == pytest.approx(net)
+        assert _metric(text, "wattmix_net_usd", site=SITE_ID) == pytest.approx(net)  # all on one UTC day
 
         if CHROMIUM is None:
             pytest.skip("chromium is not installed (apt-get install chromium): the dashboard is not rendered here")
@@ -132,6 +133,9 @@ def test_worker_serves_metrics_state_and_a_live_dashboard(kafka_bootstrap, fresh
         assert {"gpu:inference", "gpu:training", "gpu:batch"} <= series and any(s.startswith("mining:") for s in series)
         assert len(re.findall(r'<rect class="bar"', mix)) >= decisions
         assert f'${first["latest"]["price_known_usd_mwh"]:.2f}' in dom
+        pc = re.search(r'<svg class="chart price-chart".*?</svg>', dom, re.S).group(0)
+        assert re.search(r'<path class="price" d="M[\d.,L]+', pc)
+        assert len(re.findall(r'<line class="breakeven"', pc)) == len(first["latest"]["fleets"])
         for fl in first["latest"]["fleets"]:  # each fleet with its breakeven
             assert re.search(rf'<tr class="fleet" data-fleet="{fl["fleet"]}">.*?<td class="breakeven">'
                              rf'{fl["breakeven_usd_mwh"]:.2f}</td>', dom), fl
@@ -144,7 +148,21 @@ def test_worker_serves_metrics_state_and_a_live_dashboard(kafka_bootstrap, fresh
         body2 = _body(dom2)
         assert 'data-errors="0"' in body2, body2
         assert f'data-interval="{second["latest"]["interval_start"]}"' in body2
+        assert f'${second["latest"]["price_known_usd_mwh"]:.2f}' in dom2
+        assert 'class="dr-window"' in dom2  # the 06:00-07:00 DR event is in the history now
         assert int(re.search(r'data-points="(\d+)"', body2).group(1)) > int(re.search(r'data-points="(\d+)"', body).group(1))
     finally:
         rc = stop_worker(proc)
     assert rc == 0, log.read_text()[-3000:]
+
+
+def test_the_dashboards_error_probe_reports_failures(tmp_path):
+    """Negative control: opened from a file, the page cannot fetch /api/state; that shows up as an error."""
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (apt-get install chromium): the dashboard is not rendered here")
+    from streams.web import DASHBOARD_HTML
+
+    page = tmp_path / "dash.html"
+    page.write_text(DASHBOARD_HTML)
+    body = _body(_dump_dom(page.as_uri(), tmp_path / "profile"))
+    assert 'data-ready="0"' in body and not re.search(r'data-errors="0"', body), body
