@@ -46,7 +46,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from dispatch.accounting import Terms, trusted
+from dispatch.accounting import Terms
+from schemas.base import trusted
 from dispatch.engine import DR_SHED_ORDER, DecisionInput, EngineMemory, _jobs_to_pause
 from dispatch.state import SiteState
 from schemas.action import DispatchAction, DrStatusInAction, FleetDispatch, GpuClassDispatch, PnlTerms

@@ -44,7 +44,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from readers.errors import BadRows, report
-from readers.tables import iter_rows, trusted
+from readers.tables import iter_rows
+from schemas.base import trusted
 from schemas.base import GPU_CLASSES
 from schemas.feeds import GpuTelemetry
 

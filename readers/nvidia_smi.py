@@ -39,7 +39,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from readers.errors import BadRows, report
-from readers.tables import trusted
+from schemas.base import trusted
 from schemas.base import GpuClass
 from schemas.feeds import GpuTelemetry
 

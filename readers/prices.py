@@ -28,7 +28,8 @@ from pydantic import ValidationError
 
 from readers.ercot import read_ercot_dam, read_ercot_rtm, sniff_layout
 from readers.errors import BadRows, one_line, report
-from readers.tables import file_format, iter_rows, to_utc, trusted
+from readers.tables import file_format, iter_rows, to_utc
+from schemas.base import trusted
 from readers.timeutil import da_published_at, operating_day_of
 from schemas.feeds import GridPrice
 
