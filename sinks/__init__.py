@@ -12,16 +12,4 @@ from sinks.archive import (
     read_dead_letters,
     read_inputs_in_event_order,
 )
-
-__all__ = [
-    "ARCHIVE_SCHEMA_VERSION",
-    "TABLES",
-    "Archive",
-    "ArchiveBatch",
-    "ArchiveError",
-    "WriteStats",
-    "ddl",
-    "read_actions",
-    "read_dead_letters",
-    "read_inputs_in_event_order",
-]
+from sinks.archive import __all__  # noqa: F401  (the package exports what the archive exports)

@@ -17,14 +17,19 @@ import orjson
 from wattmix.errors import SinkError
 
 
-def query(db: str | Path, sql: str) -> tuple[list[str], list[tuple]]:
+def open_read_only(db: str | Path) -> duckdb.DuckDBPyConnection:
+    """The archive through a read-only connection, or a SinkError saying why not."""
     p = Path(db)
     if not p.exists():
         raise SinkError(f"no archive at {p} (run `wattmix demo` or a worker first)")
     try:
-        con = duckdb.connect(str(p), read_only=True)
+        return duckdb.connect(str(p), read_only=True)
     except duckdb.Error as exc:
         raise SinkError(f"cannot open {p} read-only: {exc}") from exc
+
+
+def query(db: str | Path, sql: str) -> tuple[list[str], list[tuple]]:
+    con = open_read_only(db)
     try:
         cur = con.execute(sql)
         cols = [d[0] for d in cur.description or []]

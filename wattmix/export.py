@@ -24,6 +24,7 @@ from pathlib import Path
 
 import duckdb
 
+from sinks.query import open_read_only
 from wattmix.errors import SinkError
 
 PARTITION_COLUMN = {
@@ -41,13 +42,8 @@ def export(db: str | Path, out: str | Path, tables: list[str] | None = None, ove
            compression: str = "zstd") -> dict[str, tuple[int, int]]:
     """Export; return ``{table: (rows, partitions)}`` for every table written."""
     p = Path(db)
-    if not p.exists():
-        raise SinkError(f"no archive at {p}")
     out = Path(out)
-    try:
-        con = duckdb.connect(str(p), read_only=True)
-    except duckdb.Error as exc:
-        raise SinkError(f"cannot open {p} read-only: {exc}") from exc
+    con = open_read_only(p)
     result: dict[str, tuple[int, int]] = {}
     try:
         con.execute("SET TimeZone = 'UTC'")

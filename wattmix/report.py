@@ -31,6 +31,7 @@ from pathlib import Path
 import duckdb
 
 from schemas.site import SiteConfig
+from sinks.query import open_read_only
 from wattmix.errors import SinkError
 
 UTC = timezone.utc
@@ -501,12 +502,7 @@ def write_report(db: str | Path, out: str | Path, site: SiteConfig) -> Path:
     from sinks.views import create_views
 
     p = Path(db)
-    if not p.exists():
-        raise SinkError(f"no archive at {p}")
-    try:
-        con = duckdb.connect(str(p), read_only=True)
-    except duckdb.Error as exc:
-        raise SinkError(f"cannot open {p} read-only: {exc}") from exc
+    con = open_read_only(p)
     try:
         con.execute("SET TimeZone = 'UTC'")
         # temporary views (and site_params) for this connection: works on any archive version

@@ -16,6 +16,7 @@ from dispatch.accounting import settle
 from schemas.action import DispatchAction
 from schemas.site import SiteConfig
 from sinks.archive import read_actions
+from sinks.query import open_read_only
 
 TERMS = ("mining_revenue_usd", "gpu_value_usd", "energy_cost_usd", "hedge_pnl_usd", "dr_payment_usd", "dr_penalty_usd")
 
@@ -77,7 +78,7 @@ def _dr_events(con, site_id: str) -> list[tuple]:
 
 
 def summarize(db: str, site: SiteConfig) -> Summary:
-    con = duckdb.connect(db, read_only=True)
+    con = open_read_only(db)
     try:
         return summarize_connection(con, site)
     finally:
