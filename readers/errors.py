@@ -11,6 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import ValidationError
+
+from schemas.codec import explain
 from wattmix.errors import SchemaError
 
 
@@ -68,15 +71,7 @@ def report(bad: BadRows | None, file: str | Path, line: int, reason: str) -> Non
 
 
 def one_line(exc: Exception) -> str:
-    """A pydantic ValidationError (or any error) as one short line."""
-    errs = getattr(exc, "errors", None)
-    if callable(errs):
-        try:
-            parts = []
-            for e in errs()[:3]:
-                loc = ".".join(str(x) for x in e.get("loc", ()))
-                parts.append(f"{loc}: {e.get('msg')}" if loc else str(e.get("msg")))
-            return "; ".join(parts)
-        except Exception:  # pragma: no cover - defensive
-            pass
+    """A pydantic ValidationError (the wire contract's own wording) or any error, as one line."""
+    if isinstance(exc, ValidationError):
+        return explain(exc)
     return " ".join(str(exc).split())
