@@ -94,9 +94,6 @@ class SiteState:
         t = self.rt_order[-1]
         return t, self.rt_prices[t]
 
-    def rt_history(self, n: int) -> list[float]:
-        return [self.rt_prices[t] for t in self.rt_order[-n:]]
-
     def da_price_at(self, t: datetime) -> float | None:
         minutes = self.da_minutes
         if t.tzinfo is timezone.utc and 60 % minutes == 0:
@@ -121,10 +118,6 @@ class SiteState:
             (j for j in self.gpu_jobs.values() if j.gpu_class == gpu_class and j.state in ("running", "paused")),
             key=lambda j: j.job_id,
         )
-
-    def obligations_at(self, t: datetime) -> list[DemandResponseEvent]:
-        """DR events (latest revision, not cancelled) in force during the interval starting at t."""
-        return [e for e in self.dr_events.values() if e.status != "cancelled" and e.start <= t < e.end]
 
     def upcoming_obligations(self, t: datetime) -> list[DemandResponseEvent]:
         """Known, not cancelled DR events that have not ended by t (active or in the future)."""

@@ -24,10 +24,6 @@ def encode(record: WireModel) -> bytes:
     return orjson.dumps(record.model_dump(mode="python"))
 
 
-def encode_many(records: list[WireModel]) -> list[bytes]:
-    return [orjson.dumps(r.model_dump(mode="python")) for r in records]
-
-
 def _printable(text: str) -> str:
     """Escape control characters: a reason is one line, whatever the input's field names."""
     return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
