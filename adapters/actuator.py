@@ -14,9 +14,12 @@
 * **miners**: each fleet of the action goes to its :class:`~adapters.miners.FleetActuator`
   (staged, least efficient first, confirmed); **GPU jobs**: ``paused_job_ids`` go to a
   :class:`~adapters.gpujobs.GpuJobActuator` (Slurm or Kubernetes);
-* one :class:`~schemas.actuation.Actuation` per fleet (units = miners mining) and one for the
-  GPU jobs (target ``paused-jobs``, units = jobs paused), with status ``ok`` / ``partial`` /
-  ``failed`` and the devices that failed.
+* **GPU power caps**: each class's ``power_cap_tier`` goes to the controller's
+  ``set_power_cap`` when it changed (Slurm node ``Extra`` + hook, Kubernetes node labels);
+* one :class:`~schemas.actuation.Actuation` per fleet (units = miners mining), one for the
+  GPU jobs (target ``paused-jobs``, units = jobs paused) and one per power-cap change (target
+  ``power-cap:<class>``, units = nodes), with status ``ok`` / ``partial`` / ``failed`` and the
+  devices that failed.
 
 :class:`ActionConsumer` runs it on Kafka: a consumer group on the actions topic (manual
 commits, each after the action's actuations are on the broker: at-least-once, made
@@ -37,7 +40,7 @@ from schemas.codec import decode
 from schemas.topics import ACTIONS, ACTUATIONS
 
 from adapters.common import KafkaPublisher, Publisher, utcnow
-from adapters.gpujobs import GpuJobActuator
+from adapters.gpujobs import CapResult, GpuJobActuator
 from adapters.miners import FleetActuator
 
 log = logging.getLogger("wattmix.adapters.actuator")
@@ -110,11 +113,30 @@ class ActionApplier:
                 achieved_units=achieved, changed_units=len(jr.paused) + len(jr.resumed),
                 failed_devices=jr.failed[:200], status=status, detail=detail[:2000],
                 started_at=started, finished_at=max(self.clock(), started)))
+            for cap in await self.gpu_jobs.apply_caps(action.gpus):
+                out.append(self._cap_actuation(action, cap, started))
         self.done[action.action_id] = None
         while len(self.done) > self.remember:
             self.done.popitem(last=False)
         self.latest = action.interval_start
         return out
+
+
+    def _cap_actuation(self, action: DispatchAction, cap: CapResult, started: datetime) -> Actuation:
+        """One GPU class's power-cap change; units = nodes (or Slurm hostlists) that took it."""
+        detail = (f"tier {cap.tier}: {cap.power_fraction:.0%} = {cap.watts} W per GPU "
+                  f"on {len(cap.done)}/{len(cap.targets)}")
+        if not cap.targets:
+            detail += " (no node matches this class)"
+        if cap.errors:
+            detail += f"; errors: {cap.errors}"
+        status = "ok" if cap.targets and not cap.failed else ("partial" if cap.done else "failed")
+        return Actuation(
+            site_id=action.site_id, action_id=action.action_id, interval_start=action.interval_start,
+            actuator=self.gpu_jobs.controller.name, target=f"power-cap:{cap.gpu_class}",
+            requested_units=len(cap.targets), achieved_units=len(cap.done), changed_units=len(cap.done),
+            failed_devices=cap.failed[:200], status=status, detail=detail[:2000],
+            started_at=started, finished_at=max(self.clock(), started))
 
 
 class ActionConsumer:

@@ -12,17 +12,21 @@ of mining units with a pluggable :class:`MinerDriver`:
    stages so the site's load moves in steps (inrush, transformer and PDU limits); a device
    that refuses or does not answer is replaced by the next one in merit order, so the
    target is still reached when it can be;
-3. **confirm**: poll the touched devices' power until each slept device is under
-   ``sleep_w_max`` and each woken one over ``wake_fraction`` of its nominal power, up to
-   ``confirm_timeout_s``; the result counts only confirmed devices.
+3. **confirm**: poll the touched devices' power until each slept device reads as curtailed
+   by its driver (under the driver's ``sleep_w_max``, or at its power limit; and under the
+   fleet's ``sleep_w_max`` when given) and each woken one as mining at ``wake_fraction`` of
+   its nominal power or more, up to ``confirm_timeout_s``; the result counts only confirmed
+   devices.
 
 The built-in driver :class:`CgminerApiDriver` speaks the cgminer/bmminer JSON API on TCP port
 4028 (the API pyasic also speaks) with LuxOS' curtailment commands: ``logon`` / ``session``
 for a ``SessionID``, ``curtail`` ``"<session>,sleep"`` / ``"<session>,wakeup"``, ``power``
 (``POWER[0].Watts``) and ``summary`` (``SUMMARY[0]["MHS 5s"]``). Stock Antminer firmware has
 no curtail command on 4028 (it needs its web API), Braiins OS uses gRPC and Whatsminers an
-encrypted privileged API: those need another :class:`MinerDriver` (pyasic implements
-them all and would fit behind this interface; not included yet).
+encrypted privileged API: :class:`PyasicDriver` drives those through ``pyasic`` (extra
+``miners``), by firmware: sleep/wake (``stop_mining`` / ``resume_mining``) where the firmware
+can, or a power limit (``set_power_limit``, e.g. LuxOS profiles) with ``curtail="power_limit"``.
+:func:`make_miner_driver` picks one by name (``cgminer-api`` or ``pyasic``).
 
 Unit scaling: an action speaks in the site's units (``FleetDispatch.units_online`` of
 ``units_total``); when the inventory holds a different number of devices (a pilot, a
@@ -36,12 +40,13 @@ import asyncio
 import json
 import logging
 import math
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from adapters.common import AdapterError
+from adapters.common import AdapterError, require
 
 log = logging.getLogger("wattmix.adapters.miners")
 
@@ -53,6 +58,7 @@ class Miner:
     port: int = 4028
     hashrate_th: float = 100.0
     power_kw: float = 2.95
+    firmware: str | None = None    # pyasic driver: this device's firmware (None: the driver's default)
 
     @property
     def j_per_th(self) -> float:
@@ -69,7 +75,7 @@ class MinerRefused(AdapterError):
 
 @dataclass(frozen=True)
 class MinerState:
-    mining: bool
+    mining: bool       # at full power (counts as a unit); the driver decides from its curtailment mode
     power_w: float
 
 
@@ -155,6 +161,145 @@ class CgminerApiDriver:
         await self._curtail(m, "wakeup")
 
 
+#: wattmix firmware names -> pyasic backend classes (``pyasic.miners.backends``); any other
+#: backend class name (``"VNish"``, ``"BTMinerV2"``...) is accepted as it is
+PYASIC_FIRMWARE = {
+    "luxos": "LUXMiner",            # cgminer API on 4028: curtail sleep/wakeup, profiles
+    "bosminer": "BOSMiner",         # Braiins OS (legacy): cgminer API pause/resume
+    "braiins": "BOSer",             # Braiins OS+: gRPC
+    "antminer": "AntminerModern",   # stock Antminer: web API (sleep mode)
+    "whatsminer": "BTMinerV3",      # Whatsminer API v3
+    "avalon": "AvalonMiner",        # cgminer API ascset softoff/softon
+    "vnish": "VNish",
+    "epic": "ePIC",
+}
+
+
+class PyasicDriver:
+    """Miners through ``pyasic``'s firmware backends (extra ``miners``).
+
+    ``firmware`` names the default backend (a :class:`Miner` may name its own); pyasic's
+    RPC object is pointed at ``Miner.port`` (web/gRPC/SSH use pyasic's default ports).
+    ``curtail``: ``"sleep"`` = ``stop_mining`` / ``resume_mining`` (a sleeping miner draws
+    under ``sleep_w_max``); ``"power_limit"`` = ``set_power_limit`` to ``power_limit_fraction``
+    of the miner's nominal power and back to nominal (firmware without a sleep mode; the
+    curtailed miner still draws its capped power, which the measured kW shows); ``"auto"``:
+    sleep where pyasic says the firmware supports shutdown, else power limit.
+
+    pyasic waits up to 100 s for an answer and reports failures as ``False`` / ``None``:
+    every call is bounded by ``timeout_s`` here, and ``False`` becomes :class:`MinerRefused`
+    (after one retry with a fresh LuxOS session: a rebooted miner forgets its session).
+    """
+
+    name = "pyasic"
+
+    def __init__(self, firmware: str = "luxos", *, curtail: str = "sleep", power_limit_fraction: float = 0.6,
+                 timeout_s: float = 3.0, sleep_w_max: float = 100.0) -> None:
+        if curtail not in ("sleep", "power_limit", "auto"):
+            raise AdapterError(f"curtail must be sleep, power_limit or auto, not {curtail!r}")
+        if not 0 < power_limit_fraction < 1:
+            raise AdapterError(f"power_limit_fraction must be in (0, 1), not {power_limit_fraction}")
+        self.firmware = firmware
+        self.curtail = curtail
+        self.power_limit_fraction = power_limit_fraction
+        self.timeout_s = timeout_s
+        self.sleep_w_max = sleep_w_max
+        self._devices: dict[tuple[str, int, str], object] = {}
+        self.backend_class(firmware)   # fail at configuration time, not at the first action
+
+    @staticmethod
+    def backend_class(firmware: str) -> type:
+        backends = require("pyasic.miners.backends", "miners", "the pyasic miner driver")
+        cls = getattr(backends, PYASIC_FIRMWARE.get(firmware.lower(), firmware), None)
+        if not isinstance(cls, type):
+            raise AdapterError(f"unknown miner firmware {firmware!r}: one of {sorted(PYASIC_FIRMWARE)} "
+                               f"or a pyasic.miners.backends class name")
+        return cls
+
+    def _mode(self, m: Miner) -> str:
+        if self.curtail != "auto":
+            return self.curtail
+        return "sleep" if getattr(self.backend_class(m.firmware or self.firmware), "supports_shutdown", False) \
+            else "power_limit"
+
+    async def _device(self, m: Miner):
+        fw = m.firmware or self.firmware
+        key = (m.host, m.port, fw)
+        if key not in self._devices:
+            # pyasic takes an IP address only
+            infos = await asyncio.get_running_loop().getaddrinfo(m.host, m.port, type=socket.SOCK_STREAM)
+            dev = self.backend_class(fw)(infos[0][4][0])
+            if getattr(dev, "rpc", None) is not None:
+                dev.rpc.port = m.port
+            self._devices[key] = dev
+        return self._devices[key]
+
+    async def _call(self, m: Miner, what: str, fn):
+        try:
+            return await asyncio.wait_for(fn(), self.timeout_s)
+        except asyncio.TimeoutError:
+            raise MinerUnreachable(f"{m.host}:{m.port}: no answer to pyasic {what} in {self.timeout_s:g} s") from None
+        except AdapterError:
+            raise
+        except Exception as exc:   # pyasic's APIError, a KeyError on an odd answer...
+            raise MinerRefused(f"{m.host}:{m.port}: pyasic {what}: {type(exc).__name__}: {exc}") from exc
+
+    def _curtailed_w_max(self, m: Miner) -> float:
+        if self._mode(m) == "sleep":
+            return self.sleep_w_max
+        # power limited: anything under halfway between the cap and nominal counts as curtailed
+        return m.power_kw * 1000.0 * (1 + self.power_limit_fraction) / 2
+
+    async def state(self, m: Miner) -> MinerState:
+        dev = await self._device(m)
+        watts = await self._call(m, "get_wattage", dev.get_wattage)
+        if watts is None:   # pyasic's answer to a refused connection or an unreadable reply
+            fw = m.firmware or self.firmware
+            raise MinerUnreachable(f"{m.host}:{m.port}: no power reading through pyasic ({fw})")
+        return MinerState(mining=float(watts) > self._curtailed_w_max(m), power_w=float(watts))
+
+    async def _set(self, m: Miner, mining: bool) -> None:
+        dev = await self._device(m)
+        if self._mode(m) == "sleep":
+            what, fn = ("resume_mining", dev.resume_mining) if mining else ("stop_mining", dev.stop_mining)
+        else:
+            watts = round(m.power_kw * 1000.0 * (1.0 if mining else self.power_limit_fraction))
+            what, fn = f"set_power_limit({watts})", lambda: dev.set_power_limit(watts)
+        if await self._call(m, what, fn):
+            return
+        rpc = getattr(dev, "rpc", None)
+        if getattr(rpc, "session_token", None) is not None:   # LuxOS: retry once with a new session
+            rpc.session_token = None
+            if await self._call(m, what, fn):
+                return
+        raise MinerRefused(f"{m.host}:{m.port}: pyasic {what} ({m.firmware or self.firmware}) failed")
+
+    async def sleep(self, m: Miner) -> None:
+        await self._set(m, mining=False)
+
+    async def wake(self, m: Miner) -> None:
+        await self._set(m, mining=True)
+
+
+MINER_DRIVERS = ("cgminer-api", "pyasic")
+
+
+def make_miner_driver(name: str, **options) -> MinerDriver:
+    """``cgminer-api`` (built in, LuxOS curtail over the cgminer API) or ``pyasic`` (by firmware)."""
+    if name == "cgminer-api":
+        allowed = {"timeout_s", "sleep_w_max"}
+        cls = CgminerApiDriver
+    elif name == "pyasic":
+        allowed = {"firmware", "curtail", "power_limit_fraction", "timeout_s", "sleep_w_max"}
+        cls = PyasicDriver
+    else:
+        raise AdapterError(f"unknown miner driver {name!r}: one of {', '.join(MINER_DRIVERS)}")
+    extra = sorted(k for k, v in options.items() if v is not None and k not in allowed)
+    if extra:
+        raise AdapterError(f"miner driver {name}: options {extra} do not apply (it takes {sorted(allowed)})")
+    return cls(**{k: v for k, v in options.items() if v is not None})
+
+
 @dataclass
 class FleetResult:
     fleet: str
@@ -178,7 +323,7 @@ class FleetResult:
 class FleetActuator:
     def __init__(self, fleet: str, miners: Sequence[Miner], driver: MinerDriver, *, step_units: int = 10,
                  step_delay_s: float = 5.0, concurrency: int = 64, confirm_timeout_s: float = 120.0,
-                 confirm_poll_s: float = 2.0, sleep_w_max: float = 100.0, wake_fraction: float = 0.5) -> None:
+                 confirm_poll_s: float = 2.0, sleep_w_max: float | None = None, wake_fraction: float = 0.5) -> None:
         if len({m.id for m in miners}) != len(miners):
             raise AdapterError(f"fleet {fleet}: duplicate miner ids")
         self.fleet = fleet
@@ -268,9 +413,9 @@ class FleetActuator:
         if not isinstance(s, MinerState):
             return False
         m = next(x for x in self.miners if x.id == mid)
-        if what == "sleep":
-            return s.power_w <= self.sleep_w_max
-        return s.power_w >= self.wake_fraction * m.power_kw * 1000.0
+        if what == "sleep":   # curtailed as the driver sees it (asleep, or at its power limit)
+            return not s.mining and (self.sleep_w_max is None or s.power_w <= self.sleep_w_max)
+        return s.mining and s.power_w >= self.wake_fraction * m.power_kw * 1000.0
 
     async def _confirm(self, touched: dict[str, str], before: dict) -> dict:
         """Poll until every touched device reached its state (or timeout); return final states."""

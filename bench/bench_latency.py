@@ -2,7 +2,7 @@
 GPU telemetry load.
 
     python bench/bench_latency.py [--rate 10000] [--boundaries 120] [--interval-s 0.5]
-                                  [--set boundary_fast_path=false]
+                                  [--set boundary_fast_path=false] [--trace]
 
 Event time runs ``900 / interval_s`` times faster than the wall clock, so a 15-minute interval
 passes every ``interval_s`` seconds (everything else is real: broker, worker, DuckDB).
@@ -13,13 +13,18 @@ passes every ``interval_s`` seconds (everything else is real: broker, worker, Du
 * a consumer on the actions topic notes when the action for B arrives.
 
 Latency = action received - price sent, both in this process: broker in, worker (fetch,
-decode, event-time merge, decision, archive of the batch in flight), broker out, fetch.
+decode, event-time merge, decision), broker out, the bench consumer's fetch.
+
+Also printed: the CPU each process used during the run (worker, load generator, broker, this
+process) and the machine's busy cores, to tell the worker's share from the harness's on a
+shared 2-core box. ``--trace`` follows each price through the worker (bench/latency_trace.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import subprocess
@@ -27,6 +32,8 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -35,6 +42,10 @@ from bench_stream_lib import ROOT, WorkerProc, create_topics, machine_line, topi
 
 T0 = datetime(2025, 1, 6, tzinfo=timezone.utc)
 STEP = timedelta(minutes=15)
+# The bench's own actions consumer: tansu answers a waiting fetch within a few ms of new data
+# for waits up to ~50 ms (measured: 20 ms wait -> 6.8 ms p50 idle latency, 5 ms -> 4.0 ms), so
+# a short wait keeps the harness's share small.
+BENCH_FETCH_WAIT_MS = 5
 
 
 class EventClock:
@@ -50,8 +61,12 @@ class EventClock:
 
 
 def telemetry_main(args: argparse.Namespace) -> None:
-    """Subprocess: ``--rate`` GPU samples/s for 1,000 jobs, stamped with the event clock."""
+    """Subprocess: ``--rate`` GPU samples/s for 1,000 jobs, stamped with the event clock.
+
+    One record batch per 10 ms tick (``create_batch``/``send_batch``): the load generator shares
+    the 2 cores with the worker it loads, and per-message ``send`` cost it ~3x the CPU."""
     from aiokafka import AIOKafkaProducer
+    from aiokafka.partitioner import DefaultPartitioner
 
     clock = EventClock(args.interval_s, args.wall0)
     classes = ("inference", "training", "batch")
@@ -60,22 +75,24 @@ def telemetry_main(args: argparse.Namespace) -> None:
             for j in range(1000)]
 
     async def run() -> None:
-        p = AIOKafkaProducer(bootstrap_servers=args.kafka, acks="all", linger_ms=5, max_batch_size=256 * 1024,
+        p = AIOKafkaProducer(bootstrap_servers=args.kafka, acks="all", max_batch_size=1024 * 1024,
                              enable_idempotence=False)
         await p.start()
         key = args.site.encode()
+        # the site's partition, as the price producer's default partitioner picks it
+        partition = DefaultPartitioner()(key, sorted(await p.partitions_for(args.topic)), None)
         tick = 0.01
         per_tick = max(1, int(args.rate * tick))
         j = 0
         next_t = time.time()
         try:
             while time.time() < args.until:
-                now = time.time()
-                ts = clock.at(now).isoformat().encode()
-                futs = []
+                ts = clock.at(time.time()).isoformat().encode()
+                batch = p.create_batch()
                 for _ in range(per_tick):
-                    futs.append(await p.send(args.topic, tmpl[j] + ts + b'"}', key=key))
+                    batch.append(key=key, value=tmpl[j] + ts + b'"}', timestamp=None)
                     j = (j + 1) % 1000
+                await p.send_batch(batch, args.topic, partition=partition)
                 next_t += tick
                 delay = next_t - time.time()
                 if delay > 0:
@@ -88,8 +105,101 @@ def telemetry_main(args: argparse.Namespace) -> None:
     asyncio.run(run())
 
 
+class CpuMeter:
+    """CPU seconds used by named processes, and the machine's busy time, between two marks."""
+
+    def __init__(self, pids: dict[str, int | None]) -> None:
+        self.pids = {name: pid for name, pid in pids.items() if pid}
+        self.hz = os.sysconf("SC_CLK_TCK")
+        self.start = self._read()
+
+    def seconds(self, name: str) -> float:
+        """CPU seconds used so far by the process ``name`` (0 once it is gone)."""
+        try:
+            with open(f"/proc/{self.pids[name]}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / self.hz  # utime + stime
+        except OSError:
+            return 0.0
+
+    def _read(self) -> tuple[float, dict[str, float], float]:
+        used = {name: self.seconds(name) for name in self.pids}
+        with open("/proc/stat") as f:
+            cpu = [int(x) for x in f.readline().split()[1:]]
+        busy = (sum(cpu) - cpu[3] - cpu[4]) / self.hz  # everything but idle and iowait
+        return time.time(), used, busy
+
+    def line(self) -> str:
+        t1, used1, busy1 = self._read()
+        t0, used0, busy0 = self.start
+        wall = max(t1 - t0, 1e-9)
+        parts = [f"{name} {(used1[name] - used0[name]) / wall:.2f}" for name in self.pids if name in used0 and name in used1]
+        return (f"cpu over {wall:.0f} s, in cores: {', '.join(parts)}; machine busy "
+                f"{(busy1 - busy0) / wall:.2f} of {os.cpu_count()} (others' jobs included)")
+
+
+@dataclass
+class Rig:
+    """Broker, topics, a worker that has joined its group, and the background telemetry."""
+
+    bootstrap: str
+    topics: dict[str, str]
+    wall0: float
+    worker: WorkerProc
+    work: Path
+    cpu: CpuMeter
+
+
+@contextlib.contextmanager
+def latency_rig(args: argparse.Namespace, name: str, seconds: float, trace: Path | None = None) -> Iterator[Rig]:
+    """Everything the latency and soak benches share; the telemetry load runs ``seconds``."""
+    from wattmix.broker import EmbeddedBroker
+
+    with tempfile.TemporaryDirectory(prefix=f"wm-bench-{name}-") as tmp, EmbeddedBroker() as broker:
+        work, bs = Path(tmp), broker.bootstrap
+        suffix = f".{name}-{uuid.uuid4().hex[:6]}"
+        topics = topics_for(suffix)
+        create_topics(bs, topics.values())
+        wall0 = time.time()
+        extra = [x for s in args.set for x in ("--set", s)]
+        # the worker first joins its group and reads one hashprice; the load starts after that
+        asyncio.run(_send_hashprice(bs, topics["hashprice"], args.site, EventClock(args.interval_s, wall0)))
+        env_before = dict(os.environ)
+        if trace is not None:
+            import latency_trace
+
+            latency_trace.write_sitecustomize(tmp)
+            os.environ.update(WM_TRACE=str(trace), WM_TRACE_PRICES=topics["grid_prices"],
+                              PYTHONPATH=os.pathsep.join(filter(None, [tmp, os.environ.get("PYTHONPATH")])))
+        try:
+            worker = WorkerProc(bs, work / f"{name}.duckdb", f"{name}-{uuid.uuid4().hex[:6]}", suffix, [args.site],
+                                work / f"{name}.json", work / f"{name}.log", extra)
+        finally:
+            os.environ.clear()
+            os.environ.update(env_before)
+        deadline = time.time() + 60
+        while not worker.read().get("events") and time.time() < deadline:
+            time.sleep(0.2)
+        until = time.time() + seconds
+        tele = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--telemetry", "--kafka", bs,
+                                 "--topic", topics["gpu_telemetry"], "--site", args.site, "--rate", str(args.rate),
+                                 "--interval-s", str(args.interval_s), "--wall0", str(wall0),
+                                 "--until", str(until)], cwd=str(ROOT))
+        try:
+            cpu = CpuMeter({"worker": worker.proc.pid, "load generator": tele.pid, "broker": broker.pid,
+                            "bench": os.getpid()})
+            yield Rig(bs, topics, wall0, worker, work, cpu)
+        finally:
+            tele.terminate()
+            tele.wait()
+            worker.stop()
+
+
 async def measure(args: argparse.Namespace, bootstrap: str, topics: dict[str, str], wall0: float,
-                  worker: WorkerProc) -> list[float]:
+                  worker: WorkerProc, sent: dict[str, float] | None = None,
+                  got: dict[str, float] | None = None) -> list[float]:
+    """Send ``args.warmup + args.boundaries`` prices on their boundaries; the latency of each
+    measured one in ms. ``sent``/``got`` (boundary -> wall time) are filled if given."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
     import orjson
@@ -101,11 +211,12 @@ async def measure(args: argparse.Namespace, bootstrap: str, topics: dict[str, st
     site = args.site
     prod = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0, enable_idempotence=False)
     cons = AIOKafkaConsumer(topics["actions"], bootstrap_servers=bootstrap, group_id=None,
-                            auto_offset_reset="earliest", enable_auto_commit=False, fetch_max_wait_ms=20)
+                            auto_offset_reset="earliest", enable_auto_commit=False,
+                            fetch_max_wait_ms=BENCH_FETCH_WAIT_MS)
     await prod.start()
     await cons.start()
-    sent: dict[str, float] = {}
-    got: dict[str, float] = {}
+    sent = {} if sent is None else sent
+    got = {} if got is None else got
     stop = asyncio.Event()
 
     async def consume() -> None:
@@ -170,13 +281,23 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def latency_line(lat: list[float]) -> str:
+    return (f"price -> action latency over {len(lat)} boundaries: p50 {pct(lat, 50):.1f} ms  p90 {pct(lat, 90):.1f} ms  "
+            f"p99 {pct(lat, 99):.1f} ms  max {max(lat):.1f} ms  mean {statistics.fmean(lat):.1f} ms")
+
+
+def add_rig_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--rate", type=int, default=10_000, help="background GPU telemetry msg/s")
-    ap.add_argument("--boundaries", type=int, default=120, help="measured price events")
-    ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--interval-s", type=float, default=0.5, help="wall seconds per 15-min interval")
     ap.add_argument("--set", action="append", default=[], help="WorkerSettings field=value")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_rig_args(ap)
+    ap.add_argument("--boundaries", type=int, default=120, help="measured price events")
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--trace", action="store_true", help="follow each price through the worker (latency_trace.py)")
     ap.add_argument("--telemetry", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--kafka", help=argparse.SUPPRESS)
     ap.add_argument("--topic", help=argparse.SUPPRESS)
@@ -187,47 +308,33 @@ def main() -> None:
     if args.telemetry:
         return telemetry_main(args)
 
-    from wattmix.broker import EmbeddedBroker
-
     print(machine_line(), flush=True)
-    with tempfile.TemporaryDirectory(prefix="wm-bench-lat-") as tmp, EmbeddedBroker() as broker:
-        work, bs = Path(tmp), broker.bootstrap
-        suffix = f".lat-{uuid.uuid4().hex[:6]}"
-        topics = topics_for(suffix)
-        create_topics(bs, topics.values())
-        wall0 = time.time()
-        extra = [x for s in args.set for x in ("--set", s)]
-        # the worker first joins its group and reads one hashprice; the load starts after that
-        asyncio.run(_send_hashprice(bs, topics["hashprice"], args.site, EventClock(args.interval_s, wall0)))
-        worker = WorkerProc(bs, work / "lat.duckdb", f"lat-{uuid.uuid4().hex[:6]}", suffix, [args.site],
-                            work / "lat.json", work / "lat.log", extra)
-        deadline = time.time() + 60
-        while not worker.read().get("events") and time.time() < deadline:
-            time.sleep(0.2)
-        total_s = time.time() - wall0 + 6 + (args.boundaries + args.warmup + 6) * args.interval_s
-        tele = subprocess.Popen([sys.executable, __file__, "--telemetry", "--kafka", bs, "--topic",
-                                 topics["gpu_telemetry"], "--site", args.site, "--rate", str(args.rate),
-                                 "--interval-s", str(args.interval_s), "--wall0", str(wall0),
-                                 "--until", str(wall0 + total_s)], cwd=str(ROOT))
-        try:
+    seconds = 8 + (args.boundaries + args.warmup + 6) * args.interval_s
+    with tempfile.TemporaryDirectory(prefix="wm-bench-lat-trace-") as trace_dir:
+        trace = Path(trace_dir) / "trace.jsonl" if args.trace else None
+        sent: dict[str, float] = {}
+        got: dict[str, float] = {}
+        with latency_rig(args, "lat", seconds, trace) as rig:
             time.sleep(2.0)
             t_start = time.time()
-            e_start = worker.read().get("events", 0)
-            lat = asyncio.run(measure(args, bs, topics, wall0, worker))
-            st = worker.read()
+            e_start = rig.worker.read().get("events", 0)
+            lat = asyncio.run(measure(args, rig.bootstrap, rig.topics, rig.wall0, rig.worker, sent, got))
+            st = rig.worker.read()
             rate = (st.get("events", 0) - e_start) / max(st.get("last", t_start) - t_start, 1e-9)
-        finally:
-            tele.terminate()
-            tele.wait()
-            worker.stop()
+            cpu = rig.cpu.line()
+            log_tail = (rig.work / "lat.log").read_text()[-3000:]
         if not lat:
-            print("no latency samples; worker log tail:\n" + (work / "lat.log").read_text()[-3000:])
+            print("no latency samples; worker log tail:\n" + log_tail)
             return
         print(f"settings: {' '.join(args.set) or 'defaults'}; background telemetry {args.rate:,} msg/s requested, "
               f"worker consumed {rate:,.0f} msg/s during the run")
-        print(f"price -> action latency over {len(lat)} boundaries: p50 {pct(lat, 50):.1f} ms  p90 {pct(lat, 90):.1f} ms  "
-              f"p99 {pct(lat, 99):.1f} ms  max {max(lat):.1f} ms  mean {statistics.fmean(lat):.1f} ms")
-        print(machine_line().replace("machine:", "after:  "))
+        print(latency_line(lat))
+        print(cpu)
+        if trace is not None:
+            import latency_trace
+
+            print(latency_trace.report(str(trace), sent, got))
+    print(machine_line().replace("machine:", "after:  "))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ one local broker (the embedded tansu), so ratios are comparable even on a noisy 
     python bench/bench_stream.py                       # everything (~3 min on 2 cores)
     python bench/bench_stream.py --only raw,faust,mixed,batched,scaleout
     python bench/bench_stream.py --profile /tmp/worker.speedscope.json   # py-spy the mixed run
+    python bench/bench_stream.py --only batched --profile /tmp/batched   # py-spy the batched runs
 
 Phases (messages are GPU telemetry samples encoded as on the wire: ~190-byte JSON):
 
@@ -15,8 +16,9 @@ mixed     the demo week (prices, DR, hashprice, GPU telemetry: telemetry ~99%) p
           then a real worker catches up: consumed, validated, merged in event time, folded
           into state, decided, archived to DuckDB, acked. From its first fetch to its last
           durable batch.
-batched   the same week with the GPU telemetry as GpuTelemetryBatch messages
-          (``--per-message`` samples each): samples/s.
+batched   two weeks with the GPU telemetry as batch messages of ``--per-message`` samples,
+          row-oriented (GpuTelemetryBatch) then as columns (GpuTelemetryColumns): samples/s,
+          and the ratio to the single-sample messages of ``mixed`` (run first if not asked).
 scaleout  4 sites on 4 partitions: 1 worker vs 2 workers in one consumer group (each with
           its own DuckDB file), aggregate events/s.
 """
@@ -136,7 +138,8 @@ def main() -> None:
     ap.add_argument("--per-message", type=int, default=1000, help="GPU samples per batched message")
     ap.add_argument("--batched-days", type=int, default=14, help="scenario days for 'batched' (14: ~365k samples)")
     ap.add_argument("--scaleout-days", type=int, default=3, help="days per site (4 sites; >= 3)")
-    ap.add_argument("--profile", default=None, help="py-spy speedscope output for the mixed worker")
+    ap.add_argument("--profile", default=None, help="py-spy speedscope output for the mixed worker (with "
+                    "--only batched: of the batched workers, FILE.rows.json and FILE.columns.json)")
     ap.add_argument("--set", action="append", default=[], help="WorkerSettings field=value for the workers")
     args = ap.parse_args()
     only = set(args.only.split(","))
@@ -175,9 +178,11 @@ def main() -> None:
                     print(f"faust   {mode:<7}  {r['rate']:>12,.0f} msg/s ({r['events']:,} in {r['seconds']:.1f} s)",
                           flush=True)
 
-        if "mixed" in only:
+        single_rate = None
+        if only & {"mixed", "batched"}:  # batched samples/s is compared with this run's single samples
             named = scenario_events(sid, days=args.days, jobs=args.jobs)
-            res = run_workers(bs, work, named, sid, 1, "mixed", extra, args.profile)
+            res = run_workers(bs, work, named, sid, 1, "mixed", extra, args.profile if "mixed" in only else None)
+            single_rate = res["rate"]
             rows.append(("wattmix worker, mixed feeds", res["rate"], "msg/s"))
             print(f"mixed   worker   {res['rate']:>12,.0f} msg/s ({res['events']:,} events in {res['seconds']:.1f} s; "
                   f"rss {res['per_worker'][0].get('rss_kb', 0) / 1024:.0f} MB; published in {res['published_s']:.1f} s)",
@@ -186,13 +191,18 @@ def main() -> None:
         if "batched" in only:
             named = scenario_events(sid, days=args.batched_days, jobs=args.jobs)
             samples = sum(1 for n, _ in named if n == "gpu_telemetry")
-            batched = batch_telemetry(named, args.per_message)
-            res = run_workers(bs, work, batched, sid, 1, "batched", extra, total=len(batched))
-            # events counted by the worker are messages; samples/s = samples / same seconds
-            rate = samples / res["seconds"]
-            rows.append((f"wattmix worker, batched GPU telemetry ({args.per_message}/msg)", rate, "samples/s"))
-            print(f"batched worker   {rate:>12,.0f} samples/s ({samples:,} samples in {len(batched):,} messages, "
-                  f"{res['seconds']:.1f} s)", flush=True)
+            for form in ("rows", "columns"):
+                batched = batch_telemetry(named, args.per_message, form)
+                messages = sum(1 for n, _ in batched if n == "gpu_telemetry")
+                profile = f"{args.profile}.{form}.json" if args.profile and "mixed" not in only else None
+                res = run_workers(bs, work, batched, sid, 1, f"batched-{form}", extra, profile, total=len(batched))
+                # the worker counts messages; samples/s = every sample / the same seconds
+                rate = samples / res["seconds"]
+                rows.append((f"wattmix worker, batched GPU telemetry, {form} ({args.per_message}/msg)", rate,
+                             "samples/s"))
+                print(f"batched {form:<7}  {rate:>12,.0f} samples/s ({samples:,} samples in {messages:,} messages "
+                      f"+ {len(batched) - messages:,} other events, {res['seconds']:.1f} s); "
+                      f"{rate / single_rate:.1f}x single-sample messages (mixed: {single_rate:,.0f} msg/s)", flush=True)
 
         if "scaleout" in only:
             sites4 = site_ids(4)

@@ -62,29 +62,34 @@ def scenario_events(sites: list[str], days: int, jobs: int, seed: int = 7) -> li
     return out
 
 
-def batch_telemetry(named: list[tuple[str, object]], per_message: int) -> list[tuple[str, object]]:
-    """Group consecutive GPU samples of one site into :class:`GpuTelemetryBatch` messages of up
-    to ``per_message`` samples (other feeds untouched, order kept)."""
-    from schemas.feeds import GpuTelemetryBatch
+def batch_telemetry(named: list[tuple[str, object]], per_message: int, form: str = "rows") -> list[tuple[str, object]]:
+    """Group a site's GPU samples into messages of ``per_message`` samples, each sent where its
+    last sample was (other feeds' events keep their places): ``GpuTelemetryBatch`` (form
+    "rows") or ``GpuTelemetryColumns`` (form "columns")."""
+    from schemas.feeds import GPU_SAMPLE_FIELDS, GpuColumns, GpuTelemetryBatch, GpuTelemetryColumns
+
+    def message(samples: list):
+        site = samples[0].site_id
+        if form == "rows":
+            return GpuTelemetryBatch.model_construct(site_id=site, samples=samples, schema_version=1)
+        cols = GpuColumns.model_construct(**{n: [getattr(g, n) for g in samples] for n in GPU_SAMPLE_FIELDS})
+        return GpuTelemetryColumns.model_construct(site_id=site, columns=cols, schema_version=1)
 
     out: list[tuple[str, object]] = []
     buf: list = []
-
-    def flush() -> None:
-        if buf:
-            out.append(("gpu_telemetry", GpuTelemetryBatch.model_construct(site_id=buf[0].site_id, samples=list(buf),
-                                                                           schema_version=1)))
-            buf.clear()
-
     for name, rec in named:
-        if name == "gpu_telemetry":
-            if buf and (len(buf) >= per_message or buf[0].site_id != rec.site_id):
-                flush()
-            buf.append(rec)
-        else:
-            flush()
+        if name != "gpu_telemetry":
             out.append((name, rec))
-    flush()
+            continue
+        if buf and buf[0].site_id != rec.site_id:
+            out.append(("gpu_telemetry", message(buf)))
+            buf = []
+        buf.append(rec)
+        if len(buf) == per_message:
+            out.append(("gpu_telemetry", message(buf)))
+            buf = []
+    if buf:
+        out.append(("gpu_telemetry", message(buf)))
     return out
 
 

@@ -86,19 +86,27 @@ def dr_capacity_payment_usd(site: SiteConfig, hours: float) -> float:
     return sum(p.committed_mw * p.capacity_payment_usd_mw_h for p in site.dr_programs) * hours
 
 
+def settle_terms(site: SiteConfig, price_usd_mwh, load_mw, hours, mining_revenue_usd, gpu_value_usd,
+                 dr_payment_usd, dr_penalty_usd) -> tuple:
+    """The identity at a realized price: (mining_revenue, gpu_value, energy_cost, hedge_pnl,
+    dr_payment, dr_penalty, net). Takes plain floats (one interval) or numpy arrays (a whole
+    backtest at once): the same IEEE operations in the same order, so both give the same bits."""
+    energy = energy_cost_usd(price_usd_mwh, load_mw, hours)
+    hedge = hedge_pnl_usd(site, price_usd_mwh, hours)
+    net = mining_revenue_usd + gpu_value_usd - energy + hedge + dr_payment_usd - dr_penalty_usd
+    return mining_revenue_usd, gpu_value_usd, energy, hedge, dr_payment_usd, dr_penalty_usd, net
+
+
 def settle_values(action: DispatchAction, price_usd_mwh: float, site: SiteConfig) -> tuple[float, ...]:
     """The terms of :func:`settle` as plain floats, in the order of DESIGN.md: (mining_revenue,
-    gpu_value, energy_cost, hedge_pnl, dr_payment, dr_penalty, net). The one accounting code:
-    :func:`settle` is built on it; backtests call it directly in their loops."""
-    h = action.interval_minutes / 60.0
+    gpu_value, energy_cost, hedge_pnl, dr_payment, dr_penalty, net). The one accounting code
+    (:func:`settle_terms`) for one action."""
     e = action.expected
-    energy = energy_cost_usd(price_usd_mwh, action.load_mw, h)
-    hedge = hedge_pnl_usd(site, price_usd_mwh, h)
-    mining, gpu, pay, pen = e.mining_revenue_usd, e.gpu_value_usd, e.dr_payment_usd, e.dr_penalty_usd
-    net = mining + gpu - energy + hedge + pay - pen
-    if not math.isfinite(net):
+    v = settle_terms(site, price_usd_mwh, action.load_mw, action.interval_minutes / 60.0, e.mining_revenue_usd,
+                     e.gpu_value_usd, e.dr_payment_usd, e.dr_penalty_usd)
+    if not math.isfinite(v[6]):
         raise ValueError(f"P&L terms are not finite at {action.interval_start}: price {price_usd_mwh!r}")
-    return (float(mining), float(gpu), float(energy), float(hedge), float(pay), float(pen), float(net))
+    return tuple(float(x) for x in v)
 
 
 def settle(action: DispatchAction, price_usd_mwh: float, site: SiteConfig) -> PnlTerms:

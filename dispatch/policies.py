@@ -611,7 +611,9 @@ class PerfectForesightPolicy(PlanningCore):
 class RollingHorizonPolicy(PlanningCore):
     """The engine: rolling-horizon DP over the online-learned price forecast."""
 
-    name = "rolling-horizon/2"  # /2: body hierarchy + online spike-probability tail (forecast.py)
+    # /2: body hierarchy + online spike-probability tail; /3: + in-spike decay of the horizon
+    # path learned online (forecast.py)
+    name = "rolling-horizon/3"
 
     def __init__(self, horizon: int = DEFAULT_HORIZON, forecaster=None) -> None:
         super().__init__()

@@ -7,8 +7,10 @@ cannot disagree.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from dispatch import watchdog
 from dispatch.clock import IntervalClock
@@ -40,27 +42,73 @@ class SiteProcessor:
 
     def process(self, record: FeedRecord) -> Outcome:
         """Decide every interval whose boundary this event's time has passed, then fold it."""
-        if record.site_id != self.site.site_id:
-            raise EngineError(f"event for site {record.site_id!r} sent to processor of {self.site.site_id!r}")
-        t = record.event_time()
+        t = self._event_time(record)
         out = Outcome(late=self.clock.is_late(t))
         for boundary in self.clock.due(t):
             out.actions.append(self.decide(boundary))
+        self._fold(record, t)
+        return out
+
+    def _event_time(self, record: FeedRecord) -> datetime:
+        if record.site_id != self.site.site_id:
+            raise EngineError(f"event for site {record.site_id!r} sent to processor of {self.site.site_id!r}")
+        return record.event_time()
+
+    def _fold(self, record: FeedRecord, t: datetime) -> None:
         self.state.fold(record)
         # the clock starts with the first real-time price: before it nothing can be decided
         if not self.clock.started and isinstance(record, GridPrice) and record.market == "RT":
             self.clock.start(t)
-        return out
 
     def decide_through(self, boundary: datetime) -> list[DispatchAction]:
         """Decide every boundary up to and including ``boundary`` (a restart's last one)."""
         return [self.decide(b) for b in self.clock.due(boundary + timedelta(microseconds=1))]
 
     def decide(self, boundary: datetime) -> DispatchAction:
-        action = self.policy.decide(DecisionInput(self.site, self.state, self.memory, boundary))
-        action = watchdog.apply(self.site, self.state, action)  # stale feeds: safe state
-        remember(self.memory, action)
-        return action
+        return decide_one(self.site, self.state, self.memory, self.policy, boundary)
+
+
+def decide_one(site: SiteConfig, state: SiteState, memory: EngineMemory, policy: Policy, boundary: datetime,
+               stale: bool = True) -> DispatchAction:
+    """One decision: the policy, then the watchdog's safe state, then the engine memory (hold
+    times, pauses). ``stale=False`` says the caller has checked that no feed is stale at
+    ``boundary`` (the watchdog would return the action unchanged)."""
+    action = policy.decide(DecisionInput(site, state, memory, boundary))
+    if stale:
+        action = watchdog.apply(site, state, action)  # stale feeds: safe state
+    remember(memory, action)
+    return action
+
+
+class SharedPass:
+    """Several policies over one event stream (the backtest): one state fold, one clock and
+    one watchdog check per interval, an engine memory per policy. Policies only read the
+    state, so each gets exactly the decisions a ``SiteProcessor`` of its own would give, and
+    the fold, the clock and the watchdog check (~0.5 s of a 2024 year) are paid once per pass.
+    """
+
+    def __init__(self, site: SiteConfig, policies: list[Policy]) -> None:
+        # the first policy's processor folds and keeps the clock for all of them
+        self.proc = SiteProcessor(site, policies[0])
+        self.policies = list(policies)
+        self.memories = [self.proc.memory] + [EngineMemory.initial(site) for _ in self.policies[1:]]
+
+    def run(self, records: Iterable[FeedRecord], keep: Callable[[DispatchAction], Any] | None = None) -> list[list[Any]]:
+        """Process event-time-ordered records (``SiteProcessor.process`` for every policy at
+        once, without its per-event ``Outcome``); the actions of each policy, in policy order,
+        or ``keep(action)`` of each (what to keep, taken while the action is fresh)."""
+        proc = self.proc
+        site, state, due, event_time, fold = proc.site, proc.state, proc.clock.due, proc._event_time, proc._fold
+        lanes = [(pol, mem, []) for pol, mem in zip(self.policies, self.memories)]
+        for r in records:
+            t = event_time(r)
+            for boundary in due(t):
+                stale = bool(watchdog.stale_reasons(site, state, boundary))
+                for pol, mem, out in lanes:
+                    action = decide_one(site, state, mem, pol, boundary, stale)
+                    out.append(action if keep is None else keep(action))
+            fold(r, t)
+        return [out for _, _, out in lanes]
 
 
 def run_in_process(site: SiteConfig, events: list[FeedRecord], policy: Policy | None = None) -> list[DispatchAction]:

@@ -6,12 +6,15 @@ re-folding an event after a restart or a redelivery changes nothing.
 
 from __future__ import annotations
 
+import math
 from bisect import insort
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from typing import NamedTuple
 
 from schemas.base import GPU_CLASSES, GpuClass
-from schemas.feeds import DemandResponseEvent, GpuTelemetry, GridPrice, Hashprice
+from schemas.feeds import DemandResponseEvent, GpuJobState, GpuTelemetry, GridPrice, Hashprice
 
 #: RT history kept for the engine's features (7 days of 15-min intervals).
 RT_HISTORY = 7 * 96
@@ -26,6 +29,29 @@ class GpuDemand:
     jobs: int = 0
 
 
+class GpuJob(NamedTuple):
+    """A job's latest sample, as the engine reads it (GpuTelemetry's fields but the site)."""
+
+    job_id: str
+    gpu_class: GpuClass
+    gpus: int
+    power_kw: float
+    utilization: float
+    state: GpuJobState
+    observed_at: datetime
+
+
+#: a GPU sample as the fold takes it: GpuJob's fields but ``observed_at``
+GpuRow = tuple[str, GpuClass, int, float, float, GpuJobState]
+
+#: job states whose GPUs want to run (counted in the demand)
+WANTING = frozenset(("running", "paused"))
+
+
+def _per_class() -> dict[GpuClass, dict]:
+    return {c: {} for c in GPU_CLASSES}
+
+
 @dataclass
 class SiteState:
     site_id: str
@@ -36,15 +62,23 @@ class SiteState:
     da_minutes: int = 60
     hashprice: Hashprice | None = None
     dr_events: dict[str, DemandResponseEvent] = field(default_factory=dict)
-    gpu_jobs: dict[str, GpuTelemetry] = field(default_factory=dict)
+    # job_id -> (observed_at, its latest sample), for jobs not completed (a tuple, not a
+    # GpuJob: the fold stores one per sample, jobs_of_class() builds GpuJobs when asked)
+    gpu_jobs: dict[str, tuple[datetime, GpuRow]] = field(default_factory=dict)
+    # jobs wanting GPUs, per class: job_id -> gpus / power_kw. Kept by the fold so that
+    # gpu_demand() sums these instead of scanning every job (~1 ms per decision at 1,000 jobs)
+    _wanting_gpus: dict[GpuClass, dict[str, int]] = field(default_factory=_per_class)
+    _wanting_kw: dict[GpuClass, dict[str, float]] = field(default_factory=_per_class)
     last_event_time: datetime | None = None
     events_folded: int = 0
 
     # -- folding -----------------------------------------------------------------------
     def fold(self, record: object) -> None:
         if isinstance(record, GpuTelemetry):
-            self._fold_gpu(record)
-        elif isinstance(record, GridPrice):
+            self.fold_gpu_rows(record.observed_at, ((record.job_id, record.gpu_class, record.gpus, record.power_kw,
+                                                     record.utilization, record.state),))
+            return
+        if isinstance(record, GridPrice):
             self._fold_price(record)
         elif isinstance(record, Hashprice):
             if self.hashprice is None or (record.as_of, record.published_at) >= (
@@ -77,14 +111,33 @@ class SiteState:
                 del self.rt_prices[old]
             del self.rt_order[: len(self.rt_order) - RT_HISTORY]
 
-    def _fold_gpu(self, g: GpuTelemetry) -> None:
-        prev = self.gpu_jobs.get(g.job_id)
-        if prev is not None and prev.observed_at > g.observed_at:
-            return  # an older sample arriving late never overrides a newer one
-        if g.state == "completed":
-            self.gpu_jobs.pop(g.job_id, None)
-        else:
-            self.gpu_jobs[g.job_id] = g
+    def fold_gpu_rows(self, t: datetime, rows: Sequence[GpuRow]) -> None:
+        """Fold GPU samples all observed at ``t``, in order: the same as folding each as a
+        :class:`GpuTelemetry` record (a batch's samples of one instant fold in one call)."""
+        jobs, want_gpus, want_kw = self.gpu_jobs, self._wanting_gpus, self._wanting_kw
+        get = jobs.get
+        for row in rows:
+            job_id, c, gpus, kw, _, st = row
+            prev = get(job_id)
+            if prev is not None:
+                if prev[0] > t:
+                    continue  # an older sample arriving late never overrides a newer one
+                old = prev[1]
+                if old[5] in WANTING and (old[1] != c or st not in WANTING):
+                    del want_gpus[old[1]][job_id], want_kw[old[1]][job_id]
+            if st in WANTING:
+                jobs[job_id] = (t, row)
+                want_gpus[c][job_id] = gpus
+                want_kw[c][job_id] = kw
+            elif st == "completed":
+                if prev is not None:
+                    del jobs[job_id]
+            else:
+                jobs[job_id] = (t, row)
+        if rows:
+            if self.last_event_time is None or t > self.last_event_time:
+                self.last_event_time = t
+            self.events_folded += len(rows)
 
     # -- queries -----------------------------------------------------------------------
     @property
@@ -104,20 +157,21 @@ class SiteState:
         return self.da_prices.get(start)
 
     def gpu_demand(self) -> dict[GpuClass, GpuDemand]:
-        out = {c: GpuDemand() for c in GPU_CLASSES}
-        for job in self.gpu_jobs.values():
-            if job.state in ("running", "paused"):
-                d = out[job.gpu_class]
-                d.gpus += job.gpus
-                d.power_kw += job.power_kw
-                d.jobs += 1
+        """Running and paused jobs per class. Power is an exact sum (``math.fsum``): it does not
+        depend on the order the samples were folded in (per sample or a batch at a time)."""
+        out = {}
+        for c in GPU_CLASSES:
+            g = self._wanting_gpus[c]
+            out[c] = GpuDemand(sum(g.values()), math.fsum(self._wanting_kw[c].values()), len(g))
         return out
 
-    def jobs_of_class(self, gpu_class: GpuClass) -> list[GpuTelemetry]:
-        return sorted(
-            (j for j in self.gpu_jobs.values() if j.gpu_class == gpu_class and j.state in ("running", "paused")),
-            key=lambda j: j.job_id,
-        )
+    def jobs_of_class(self, gpu_class: GpuClass) -> Iterator[GpuJob]:
+        """Running and paused jobs of a class, by job id (each built as it is reached: the
+        engine stops after the few it pauses)."""
+        jobs = self.gpu_jobs
+        for j in sorted(self._wanting_gpus[gpu_class]):
+            t, row = jobs[j]
+            yield GpuJob(*row, t)
 
     def upcoming_obligations(self, t: datetime) -> list[DemandResponseEvent]:
         """Known, not cancelled DR events that have not ended by t (active or in the future)."""

@@ -19,6 +19,11 @@ Acking "only the highest offset per partition" is not enough with Faust: ``_new_
 the first run of *consecutive* acked offsets and refuses one whose start is past the committed
 offset, so the whole range must be marked (here: ``list.extend(range)`` + ``set.update``, in C).
 Offsets absent from a fetch (compacted records, transaction markers) are covered by the range.
+
+A fetch is handed over in steps of at most ``step_max`` records (:func:`split_steps`), smallest
+partitions first: a real-time price (one record) is not queued behind thousands of telemetry
+samples, and the merge can decide a boundary as soon as the step that carries the first
+sample past it is folded, instead of after the whole fetch (up to ``batch_max`` records).
 """
 
 from __future__ import annotations
@@ -53,10 +58,16 @@ class BatchConsumer(faust_aiokafka.Consumer):
 
     batch_handler: BatchHandler | None = None
 
+    @property
+    def step_max(self) -> int | None:
+        """Records per handler call at most (``app.wattmix_step_max``); None: the whole fetch."""
+        return getattr(self.app, "wattmix_step_max", None)
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._acked_next: dict[TP, int] = {}
         self._acked_generation: int | None = None
+        self._commit_task: asyncio.Future[bool] | None = None
 
     def _new_consumer_thread(self) -> BatchConsumerThread:
         return BatchConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -86,11 +97,25 @@ class BatchConsumer(faust_aiokafka.Consumer):
                          if recs and (active is None or tp in active or tp in buffered)}
                 if not batch:
                     continue
-                await handler(batch, self.app.consumer_generation_id)
+                generation_id = self.app.consumer_generation_id
+                for n, step in enumerate(split_steps(batch, self.step_max)):
+                    if n:
+                        await asyncio.sleep(0)  # let the producer and the timers run between steps
+                        if not self.flow_active or self.app.consumer_generation_id != generation_id:
+                            # a rebalance started mid-fetch: drop the rest and seek back (as above)
+                            try:
+                                await self.perform_seek()
+                            except Exception as exc:
+                                self.log.warning(f"exception performing seek when flow not active {exc}")
+                            break
+                    await handler(step, generation_id)
                 commit_every = self._commit_every
-                if commit_every is not None and self._n_acked >= commit_every:
+                if commit_every is not None and self._n_acked >= commit_every and not self._committing():
+                    # in the background: an OffsetCommit round trip (10-50 ms under load) awaited
+                    # here held up every record fetched meanwhile, a price included
                     self._n_acked = 0
-                    await self.commit()
+                    self._commit_task = asyncio.ensure_future(self.commit())
+                    self._commit_task.add_done_callback(self._commit_done)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
                 self.log.info("Broker stopped consumer, shutting down...")
@@ -104,6 +129,15 @@ class BatchConsumer(faust_aiokafka.Consumer):
         except Exception as exc:
             self.log.exception("Drain messages raised: %r", exc)
             raise
+
+    def _committing(self) -> bool:
+        return self._commit_task is not None and not self._commit_task.done()
+
+    def _commit_done(self, task: "asyncio.Future[bool]") -> None:
+        if not task.cancelled() and task.exception() is not None:
+            # as if it had been awaited in the fetch loop: the consumer (and the worker) stop
+            self.log.error("Commit every %s acked offsets failed: %r", self._commit_every, task.exception())
+            asyncio.ensure_future(self.crash(task.exception()))
 
     def ack_ranges(self, ranges: Mapping[TP, tuple[int, int]], generation_id: int) -> int:
         """Mark offsets ``first..last`` (inclusive) of each partition acknowledged, so Faust may
@@ -140,13 +174,48 @@ class BatchConsumer(faust_aiokafka.Consumer):
         return n
 
 
+def split_steps(records: Mapping[TP, Sequence[Any]], step_max: int | None) -> list[dict[TP, Sequence[Any]]]:
+    """Cut one fetch into steps of about ``step_max`` records, smallest partitions first.
+
+    The first step holds the start of *every* partition of the fetch (small partitions whole,
+    the room left shared evenly by the large ones): ownership checks look at a partition's
+    first records in the step where it first appears. Each partition's records keep their
+    order in contiguous runs (one ack range per step); the order *across* partitions is free,
+    since the event-time merge orders the feeds by event time, not by arrival."""
+    if not step_max or sum(len(recs) for recs in records.values()) <= step_max:
+        return [dict(records)]
+    by_size = sorted(records.items(), key=lambda item: len(item[1]))
+    first: dict[TP, Sequence[Any]] = {}
+    room = step_max
+    for i, (tp, recs) in enumerate(by_size):
+        first[tp] = recs[:min(len(recs), max(1, room // (len(by_size) - i)))]
+        room -= len(first[tp])
+    steps = [first]
+    step: dict[TP, Sequence[Any]] = {}
+    room = step_max
+    for tp, recs in by_size:
+        start = len(first[tp])
+        while start < len(recs):
+            step[tp] = recs[start:start + room]
+            start += len(step[tp])
+            room -= len(step[tp])
+            if room <= 0:
+                steps.append(step)
+                step, room = {}, step_max
+    if step:
+        steps.append(step)
+    return steps
+
+
 class BatchTransport(faust_aiokafka.Transport):
     Consumer = BatchConsumer
 
 
-def install_batch_transport(app: Any, handler: BatchHandler, fetch_max_wait_s: float | None = None) -> None:
-    """Make ``app`` use :class:`BatchConsumer`, delivering every fetch to ``handler`` (call
-    before the app starts)."""
+def install_batch_transport(app: Any, handler: BatchHandler, fetch_max_wait_s: float | None = None,
+                            step_max: int | None = None) -> None:
+    """Make ``app`` use :class:`BatchConsumer`, delivering every fetch to ``handler`` in steps
+    of at most ``step_max`` records (call before the app starts)."""
     app.wattmix_batch_handler = handler
     app.wattmix_fetch_max_wait_s = fetch_max_wait_s
+    app.wattmix_step_max = step_max
     app.transport = BatchTransport(app.conf.broker_consumer, app)

@@ -9,16 +9,19 @@ is dropped and nothing raises: one bad message must not stop a site's dispatch.
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+import numpy as np
+
 from dispatch.clock import FeedMerger
 from dispatch.processor import SiteProcessor
+from dispatch.state import GpuRow
 from schemas.action import DispatchAction
-from schemas.codec import decode, decode_samples, encode
+from schemas.codec import decode, decode_gpu, encode
 from schemas.dead_letter import DeadLetter
-from schemas.feeds import FeedRecord
+from schemas.feeds import FeedRecord, GpuSamples, epoch_us
 from schemas.site import SiteConfig
 from schemas.topics import INPUT_FEEDS, Feed
 from sinks.archive import ArchiveBatch
@@ -71,6 +74,31 @@ class RestoreReport:
 IdleFn = Callable[[str, int], bool]
 
 
+@dataclass(frozen=True, slots=True)
+class _GpuRun:
+    """Samples of one GPU telemetry batch observed at the same instant ``t``, in list order:
+    one item of the event-time merge (the per-sample path's samples of ``t`` from one message
+    are adjacent in the merge order, so releasing them together changes nothing)."""
+
+    t: datetime
+    rows: list[GpuRow]
+
+
+def _runs_by_time(s: GpuSamples, us: np.ndarray) -> Iterator[_GpuRun]:
+    """The batch's samples grouped by observation time, in time order (stable: samples of one
+    instant keep their order in the message)."""
+    rows = list(zip(s.job_id, s.gpu_class, s.gpus, s.power_kw, s.utilization, s.state))
+    times = s.observed_at
+    if len(us) > 1 and bool((us[1:] < us[:-1]).any()):
+        order = np.argsort(us, kind="stable")
+        idx = order.tolist()
+        rows, times, us = [rows[i] for i in idx], [times[i] for i in idx], us[order]
+    lo = 0
+    for hi in (np.flatnonzero(us[1:] != us[:-1]) + 1).tolist() + [len(rows)]:
+        yield _GpuRun(times[lo], rows[lo:hi])
+        lo = hi
+
+
 @dataclass
 class _SiteLane:
     processor: SiteProcessor
@@ -88,6 +116,9 @@ class Pipeline:
         self.feed_by_topic: dict[str, Feed] = {topics.feed(f.name): f for f in INPUT_FEEDS}
         self._now = now
         self.counts = {"accepted": 0, "dead_letters": 0, "late": 0, "actions": 0}
+        #: partitions this worker does not own right now (revoked, or not yet confirmed after a
+        #: restart): their sites' lanes keep their state but release and decide nothing
+        self.suspended: set[int] = set()
 
     # ---------------------------------------------------------------------------------
     def ingest(self, messages: Iterable[Incoming], idle: IdleFn, batch: ArchiveBatch | None = None) -> StepResult:
@@ -110,7 +141,16 @@ class Pipeline:
         return sum(len(lane.merger) for lane in self.lanes.values())
 
     def partitions_in_use(self) -> set[int]:
-        return {lane.partition for lane in self.lanes.values() if lane.partition is not None}
+        return {lane.partition for lane in self.lanes.values()
+                if lane.partition is not None and lane.partition not in self.suspended}
+
+    def sites_on(self, partition: int) -> list[str]:
+        return [s for s, lane in self.lanes.items() if lane.partition == partition]
+
+    def reset_site(self, site_id: str) -> None:
+        """Forget a site's state (before rebuilding it from another worker's history)."""
+        site = self.lanes[site_id].processor.site
+        self.lanes[site_id] = _SiteLane(SiteProcessor(site), FeedMerger(FEED_ORDER))
 
     def at_boundary(self, feed_name: str, partition: int) -> bool:
         """True when, for every site on ``partition`` with events waiting in the merge, the
@@ -174,42 +214,55 @@ class Pipeline:
         if feed is None:
             self._dead(m, res, "UnknownTopic", f"topic {m.topic!r} is not an input feed of this worker")
             return
+        samples: GpuSamples | None = None
         try:
-            if feed.batch_model is None:
-                recs: Sequence[FeedRecord] = (decode(feed.model, m.value),)
-            else:  # one sample, or a batch of them (GpuTelemetryBatch)
-                recs = decode_samples(feed.model, feed.batch_model, m.value)
+            # GPU telemetry: one sample, or a batch validated as columns (no model per sample)
+            got = decode(feed.model, m.value) if feed.batch_model is None else decode_gpu(m.value)
+            if isinstance(got, GpuSamples):
+                samples = got
+            else:
+                rec: FeedRecord = got
+            site_id = got.site_id
         except DecodeError as exc:
             self._dead(m, res, "DecodeError", exc.reason)
             return
-        site_id = recs[0].site_id  # a batch's samples all carry the batch's site_id
         lane = self.lanes.get(site_id)
         if lane is None:
             known = ", ".join(sorted(self.lanes)) or "none"
             self._dead(m, res, "UnknownSite", f"site_id {site_id!r} is not configured on this worker (configured: {known})")
             return
-        lane.partition = partition = m.partition
-        is_late = lane.processor.clock.is_late
-        add = res.batch.add_input
-        push = lane.merger.push
-        name, topic, offset = feed.name, m.topic, m.offset
-        n_late = 0
-        for rec in recs:
+        lane.partition = m.partition
+        if samples is not None:
+            n, n_late = len(samples), self._accept_samples(lane, feed.name, m, samples, res.batch)
+        else:
             t = rec.event_time()
-            late = is_late(t)
-            add(name, rec, topic=topic, partition=partition, offset=offset, late=late)
-            push(name, t, rec)
-            if late:
-                n_late += 1
-        res.accepted += len(recs)
-        self.counts["accepted"] += len(recs)
+            n, n_late = 1, int(lane.processor.clock.is_late(t))
+            res.batch.add_input(feed.name, rec, topic=m.topic, partition=m.partition, offset=m.offset, late=bool(n_late))
+            lane.merger.push(feed.name, t, rec)
+        res.accepted += n
+        self.counts["accepted"] += n
         if n_late:
             res.late += n_late
             self.counts["late"] += n_late
 
+    @staticmethod
+    def _accept_samples(lane: _SiteLane, feed_name: str, m: Incoming, samples: GpuSamples, batch: ArchiveBatch) -> int:
+        """A GPU telemetry batch: archived as columns, merged as one item per distinct observation
+        time (a scrape has one), each item released and folded as the per-sample path would
+        release and fold its samples one by one. Returns how many samples arrived late."""
+        us = np.asarray(samples.observed_us, dtype=np.int64)
+        last = lane.processor.clock.last_decided
+        late = None if last is None else us <= epoch_us(last)
+        batch.add_input_columns(feed_name, {**samples.columns(), "observed_at": us}, topic=m.topic,
+                                partition=m.partition, offset=m.offset, late=late)
+        push = lane.merger.push
+        for run in _runs_by_time(samples, us):
+            push(feed_name, run.t, run)
+        return 0 if late is None else int(late.sum())
+
     def _release(self, res: StepResult, idle: IdleFn) -> None:
         for site_id, lane in self.lanes.items():
-            if not len(lane.merger):
+            if not len(lane.merger) or lane.partition in self.suspended:
                 continue
             p = lane.partition
 
@@ -219,6 +272,11 @@ class Pipeline:
             proc = lane.processor
             clock, fold = proc.clock, proc.state.fold
             for rec in lane.merger.release(feed_idle):
+                if rec.__class__ is _GpuRun:  # samples of one instant: decide what is due, fold
+                    for boundary in clock.due(rec.t):
+                        self._publish_action(proc.decide(boundary), res)
+                    proc.state.fold_gpu_rows(rec.t, rec.rows)
+                    continue
                 # Fast path, same effect as proc.process(rec): once the clock has started, an
                 # event not past the next boundary decides nothing and only folds into state.
                 nb = clock.next_boundary

@@ -1,8 +1,11 @@
 """The worker's optional web endpoint (``wattmix worker --web-port N``): metrics, state, dashboard.
 
-A small aiohttp server on 127.0.0.1, started as a Faust app task (Faust's own web server stays
-off: its extra views are not needed). Off the hot path: the worker calls :meth:`WebState.observe`
-once per batch / tick with the step's result; lag and broker figures are read when scraped.
+A small aiohttp server on ``--web-bind`` (default 127.0.0.1), started as a Faust app task (Faust's
+own web server stays off: its extra views are not needed). Off the hot path: the worker calls
+:meth:`WebState.observe` once per batch / tick with the step's result; lag and broker figures
+are read when scraped. At start the dashboard's history (the last :data:`HISTORY` actions per
+site and the P&L of the newest action's UTC day) is read back from the archive, so a restart
+does not blank it; the metrics start from zero, as Prometheus expects of a new process.
 
 * ``GET /metrics``   Prometheus text (adapters/metrics.py + lag, broker outages, events in)
 * ``GET /api/state`` JSON: latest action per site, recent mix history, P&L today, DR status
@@ -14,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -39,10 +42,42 @@ class WebState:
         reg = self.registry
         self.m["broker_outages"] = reg.counter("wattmix_broker_outages_total", "Broker outages seen by the probe")
         self.m["broker_outage_s"] = reg.counter("wattmix_broker_outage_seconds_total", "Broker outage time")
+        self.m["takeovers"] = reg.counter("wattmix_partition_takeovers_total",
+                                          "Partitions rebuilt from the input log after another worker had them")
+        self.m["takeover_s"] = reg.counter("wattmix_partition_takeover_seconds_total", "Time spent rebuilding them")
         self.m["watchdog"].set(1)
         self.latest: dict[str, dict] = {}
         self.history: dict[str, deque] = {}
         self.pnl_today: dict[str, tuple[str, float]] = {}   # site -> (UTC day, sum of expected net)
+        self._last_interval: dict[str, datetime] = {}
+        try:
+            self.seed_from_archive(worker.archive.connection())
+        except Exception:   # a dashboard without history is better than a worker that does not start
+            log.exception("dashboard history not restored from the archive")
+
+    def seed_from_archive(self, con) -> None:
+        """The last HISTORY actions per configured site, and its P&L today, from the archive.
+
+        Two bounded queries per site on the ``actions`` primary key (site_id, interval_start):
+        the newest HISTORY rows, and the sum of ``net_usd`` over the newest action's UTC day.
+        """
+        from schemas.action import DispatchAction
+
+        for site in self.worker.settings.sites:
+            rows = con.execute("SELECT payload FROM actions WHERE site_id = ? ORDER BY interval_start DESC LIMIT ?",
+                               [site.site_id, HISTORY]).fetchall()
+            if not rows:
+                continue
+            for (payload,) in reversed(rows):
+                self._remember(DispatchAction.model_validate_json(payload))
+            day = self._last_interval[site.site_id].astimezone(timezone.utc).replace(hour=0, minute=0, second=0,
+                                                                                      microsecond=0)
+            (net,) = con.execute("SELECT coalesce(sum(net_usd), 0) FROM actions WHERE site_id = ? "
+                                 "AND interval_start >= ? AND interval_start < ?",
+                                 [site.site_id, day, day + timedelta(days=1)]).fetchone()
+            self.pnl_today[site.site_id] = (day.date().isoformat(), float(net))
+            log.info("dashboard: %d archived actions of %s restored, up to %s", len(rows), site.site_id,
+                     self._last_interval[site.site_id].isoformat())
 
     # -- hot path: once per step ------------------------------------------------------------
     def observe_received(self, counts: dict[str, int]) -> None:
@@ -66,6 +101,9 @@ class WebState:
 
     def _remember(self, a) -> None:
         site = a.site_id
+        if site in self._last_interval and a.interval_start <= self._last_interval[site]:
+            return   # already shown (seeded from the archive, or re-published after a restart)
+        self._last_interval[site] = a.interval_start
         d = a.model_dump(mode="json")
         self.latest[site] = d
         day = a.interval_start.astimezone(timezone.utc).date().isoformat()
@@ -82,7 +120,7 @@ class WebState:
     def _refresh_scraped(self) -> None:
         w = self.worker
         m = self.m
-        for k in ("broker_outages", "broker_outage_s"):
+        for k in ("broker_outages", "broker_outage_s", "takeovers", "takeover_s"):
             m[k].values[()] = float(w.stats[k])
         try:
             consumer = w.app.consumer

@@ -41,6 +41,7 @@ from sinks.archive import Archive, ArchiveBatch, ArchiveError
 from streams.app import WorkerSettings, create_app
 from streams.batching import BatchConsumer, install_batch_transport
 from streams.pipeline import Pipeline, StepResult
+from streams.takeover import Coverage, read_published_actions, read_until, rebuild_partition
 from wattmix.errors import SinkError
 
 log = logging.getLogger("wattmix.worker")
@@ -49,6 +50,10 @@ log = logging.getLogger("wattmix.worker")
 #: on its own: an operator fixes the disk, the worker carries on where it stopped.
 BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 30.0
+
+#: After handing actions to the producer, the loop is given this long (it runs every ready
+#: callback meanwhile) so the produce request leaves before the next step's work.
+ACTION_SEND_YIELD_S = 0.001
 
 #: Fault injection for the reliability tests, off by default: ``WATTMIX_FAULT_ARCHIVE_FAILS=N``
 #: makes the first N archive writes of this process raise a transient ArchiveError (as a full
@@ -70,7 +75,7 @@ class DispatchWorker:
     def __init__(self, settings: WorkerSettings, archive: Archive | None = None) -> None:
         self.settings = settings
         self.app = create_app(settings)
-        install_batch_transport(self.app, self._on_batch, settings.fetch_max_wait_s)
+        install_batch_transport(self.app, self._on_batch, settings.fetch_max_wait_s, settings.step_max)
         self.pipeline = Pipeline(settings.sites, settings.topics)
         self.archive = archive or Archive(settings.db)
         from sinks.views import register_sites  # hedge terms for the archive's P&L views
@@ -86,6 +91,8 @@ class DispatchWorker:
         self._received_next: dict[TP, int] = {}
         self._hw_unknown_since: dict[TP, float] = {}
         self._caught_up_since: dict[TP, tuple[int, float]] = {}
+        self._positions: dict[TP, int | None] = {}  # see _idle_snapshot
+        self._positions_generation = -1
         self._feed_of_topic = {t: name for name, t in settings.topics.inputs.items()}
         self.stats = {"batches": 0, "events": 0, "archive_retries": 0, "first_batch_at": 0.0}
         self.stats.update(broker_outages=0, broker_outage_s=0.0)
@@ -94,6 +101,13 @@ class DispatchWorker:
         self.on_durable: Callable[[int], None] | None = None
 
         self.restored = self._restore()
+        # which input offsets the state covers; a restored site waits (suspended) until this
+        # worker is confirmed as its partition's owner with no records processed elsewhere
+        self.coverage = Coverage.from_archive(self.archive.connection())
+        self.pipeline.suspended.update(self.pipeline.partitions_in_use())
+        self._confirmed: set[int] = set()   # partitions this process owns, checked for gaps
+        self.stats.update(takeovers=0, takeover_s=0.0, skipped_covered=0)
+        self.app.on_partitions_revoked.connect(self._on_partitions_revoked)
         self.topic = self.app.topic(*settings.topics.inputs.values(), value_type=bytes, key_type=bytes)
         self.app.topics.add(self.topic)  # subscribe: no agent, BatchConsumer delivers to us
         self.app.task(self._start)
@@ -153,28 +167,113 @@ class DispatchWorker:
             self._written.clear()
             await self._written.wait()
         ranges: dict[TP, tuple[int, int]] = {}
-        msgs: list[Any] = []
         for tp, recs in records.items():
             first, last = recs[0].offset, recs[-1].offset
             ranges[tp] = (first, last)
             if last + 1 > self._received_next.get(tp, -1):
                 self._received_next[tp] = last + 1
-            msgs.extend(recs)
         async with self._lock:
-            idle = await self._idle_snapshot()
             group = self._open
+            for p in {tp.partition for tp in records} - self._confirmed:
+                await self._confirm_ownership(p, {tp.topic: recs[0].offset for tp, recs in records.items()
+                                                  if tp.partition == p}, group)
+            msgs: list[Any] = []
+            coverage = self.coverage
+            for tp, recs in records.items():
+                covered = coverage.covered(tp.topic, tp.partition)
+                if recs[0].offset >= covered:
+                    msgs.extend(recs)
+                else:  # delivered again after a rebalance or restart: already in the state
+                    fresh = [r for r in recs if r.offset >= covered]
+                    self.stats["skipped_covered"] += len(recs) - len(fresh)
+                    msgs.extend(fresh)
+                coverage.advance(tp.topic, tp.partition, recs[-1].offset + 1)
+            idle = await self._idle_snapshot()
             result = self.pipeline.ingest(msgs, idle, batch=group.batch)
             group.sent.extend(await self._send(result))
             group.acks.append((ranges, generation_id))
-            group.events += len(msgs)
+            group.events += sum(len(recs) for recs in records.values())  # acked, even if skipped
         if self.web is not None:  # per batch, off the lock
             self.web.observe_received({tp.topic: len(recs) for tp, recs in records.items()})
             self.web.observe(result)
         self._has_work.set()
 
+    # -- partition ownership (streams/takeover.py) -------------------------------------------
+    async def _on_partitions_revoked(self, app: Any, revoked: Any, **_: Any) -> None:
+        """A revoked partition's sites stop deciding at once: its next owner decides them now.
+        Their state is kept: if the partition comes back with nothing processed elsewhere in
+        between, this worker resumes where it stopped."""
+        mine = set(self.settings.topics.inputs.values())
+        parts = {tp.partition for tp in revoked if tp.topic in mine}
+        if parts:
+            self.pipeline.suspended.update(parts)
+            self._confirmed -= parts
+            log.info("partitions %s revoked: their sites' decisions stop here", sorted(parts))
+
+    async def _check_assigned(self) -> None:
+        """A partition assigned to us that delivers nothing (all caught up) is still ours to
+        decide: confirm it from the consumer's positions (timer)."""
+        consumer = self.app.consumer
+        mine = set(self.settings.topics.inputs.values())
+        assigned = {tp.partition for tp in consumer.assignment() if tp.topic in mine}
+        for p in sorted(assigned - self._confirmed):
+            firsts: dict[str, int] = {}
+            for topic in self.settings.topics.inputs.values():
+                try:
+                    pos = await asyncio.wait_for(consumer.position(TP(topic, p)), timeout=1.0)
+                except Exception:  # position not known yet (committed offsets being fetched)
+                    return
+                if pos is not None:
+                    firsts[topic] = pos
+            await self._confirm_ownership(p, firsts, self._open)
+
+    def _unconfirmed_assigned(self) -> bool:
+        try:
+            return any(tp.partition not in self._confirmed for tp in self.app.consumer.assignment()
+                       if tp.topic in self._feed_of_topic)
+        except Exception:  # no consumer yet
+            return False
+
+    async def _confirm_ownership(self, partition: int, firsts: Mapping[str, int], group: "_Group") -> None:
+        """Called under the lock for a partition not confirmed yet whose next records start at
+        ``firsts`` (by topic): resume its sites, or take them over first when some of the
+        records before were processed by another worker (see streams/takeover.py)."""
+        coverage, topics = self.coverage, self.settings.topics
+        if not any(coverage.gap(t, partition, o) for t, o in firsts.items()):
+            self.pipeline.suspended.discard(partition)
+            self._confirmed.add(partition)
+            return
+        t0 = time.monotonic()
+        kw = self.settings.security.client_kwargs()
+        history, ends = await read_until(self.settings.kafka, {(t, partition): None for t in topics.inputs.values()}, kw)
+        msgs = [m for part in history.values() for m in part]
+        sites = set(self.pipeline.sites_on(partition))  # + sites this worker has not seen yet:
+        sites |= {k for k in {m.key.decode(errors="replace") for m in msgs if m.key} if k in self.pipeline.lanes}
+        published = await read_published_actions(self.settings.kafka, topics.actions, sorted(sites), kw)
+        reports = rebuild_partition(self.pipeline, partition, msgs, published, group.batch)
+        coverage.forget(partition)
+        for (topic, p), end in ends.items():
+            coverage.advance(topic, p, end)
+        self.pipeline.suspended.discard(partition)
+        self._confirmed.add(partition)
+        took = time.monotonic() - t0
+        self.stats["takeovers"] += 1
+        self.stats["takeover_s"] += took
+        for rep in reports:
+            log.warning("took over %s on partition %d in %.2f s: %d earlier events from the log, resuming after "
+                        "its last published decision %s, %d events pending%s", rep.site_id, partition, took,
+                        rep.inputs, rep.resumed_after, rep.pending,
+                        f"; {rep.mismatched} re-derived decisions differ from the published ones (their inputs "
+                        f"were not committed yet): the published ones stand" if rep.mismatched else "")
+
     async def _tick(self) -> None:
         """Release events held back by the event-time merge once their partitions idle."""
-        if not self.pipeline.pending() or self._lock.locked():
+        if self._lock.locked():
+            return
+        if self._unconfirmed_assigned():
+            async with self._lock:
+                await self._check_assigned()
+        if not self.pipeline.pending():
             return
         async with self._lock:
             idle = await self._idle_snapshot()
@@ -190,8 +289,12 @@ class DispatchWorker:
         """Group commit: whatever was decided since the last write becomes durable in one
         transaction (actions delivered, archive written, offsets acked), oldest first. The
         fetch loop never waits for a write unless ``max_inflight_events`` are pending."""
+        next_write = 0.0
         while True:
             await self._has_work.wait()
+            if time.monotonic() < next_write:  # let the group grow (see archive_interval_s)
+                await asyncio.sleep(next_write - time.monotonic())
+            next_write = time.monotonic() + self.settings.archive_interval_s
             self._has_work.clear()
             async with self._lock:  # a consistent cut: no step half-way into the group
                 group, self._open = self._open, _Group()
@@ -267,6 +370,12 @@ class DispatchWorker:
         consumer = self.app.consumer
         now = time.monotonic()
         grace = self.settings.idle_grace_s
+        # Positions of partitions nothing was received from (a quiet DR feed) change only with a
+        # seek, i.e. a rebalance: cache them per consumer generation.
+        if self._positions_generation != self.app.consumer_generation_id:
+            self._positions.clear()
+            self._positions_generation = self.app.consumer_generation_id
+        positions = self._positions
         snapshot: dict[tuple[str, int], bool] = {}
         caught_up_now: set[tuple[str, int]] = set()
         for p in self.pipeline.partitions_in_use():
@@ -278,8 +387,10 @@ class DispatchWorker:
                     hw = None
                 nxt = self._received_next.get(tp)
                 if nxt is None:
-                    try:
-                        nxt = await consumer.position(tp)
+                    nxt = positions.get(tp)
+                if nxt is None:
+                    try:  # a round trip to the consumer thread: 1-10 ms under load, so cached
+                        nxt = positions[tp] = await consumer.position(tp)
                     except Exception:
                         nxt = None
                 if hw is None:
@@ -320,10 +431,15 @@ class DispatchWorker:
         if not result.outgoing:
             return []
         producer = self.app.producer
-        return [
+        sent = [
             await producer.send(o.topic, o.key, o.value, None, (o.timestamp_ms / 1000) if o.timestamp_ms else None, None)
             for o in result.outgoing
         ]
+        if result.actions:
+            # aiokafka's sender task needs ~3 loop turns to put a request on the wire (measured);
+            # the next step would otherwise run first (~20-50 ms of synchronous work under load)
+            await asyncio.sleep(ACTION_SEND_YIELD_S)
+        return sent
 
     async def _make_durable(self, group: "_Group") -> None:
         if group.sent:
@@ -368,13 +484,15 @@ class DispatchWorker:
 
 
 def run_worker(kafka: str, db: str, site_files: Sequence[str] | None = None, partitions: int | None = None,
-               group: str = "wattmix-worker", topic_suffix: str = "", web_port: int | None = None) -> int:
+               group: str = "wattmix-worker", topic_suffix: str = "", web_port: int | None = None,
+               web_bind: str = "127.0.0.1") -> int:
     """``wattmix worker``: ensure topics exist, then run until SIGINT/SIGTERM."""
     from wattmix.broker import ensure_topics
 
     kw = {"partitions": partitions} if partitions else {}
     settings = WorkerSettings.from_args(kafka=kafka, db=db, site_files=list(site_files or []),
-                                        topic_suffix=topic_suffix, app_id=group, web_port=web_port, **kw)
+                                        topic_suffix=topic_suffix, app_id=group, web_port=web_port,
+                                        web_bind=web_bind, **kw)
     asyncio.run(ensure_topics(settings.kafka, settings.topics.all, settings.partitions))
     worker = DispatchWorker(settings)
     log.info("wattmix worker: sites %s, archive %s", [s.site_id for s in settings.sites], settings.db)

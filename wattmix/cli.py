@@ -2,6 +2,7 @@
 
     wattmix demo        the main job: embedded broker + worker + one-week scenario + summary
     wattmix worker      the streaming worker (Faust) against a real Kafka
+    wattmix actuator    carry out the actions on miners and GPU jobs (adapters/)
     wattmix broker      the embedded development broker (tansu) on loopback
     wattmix publish-demo  publish the built-in scenario to Kafka (docker-compose feed service)
     wattmix sql         read-only SQL on the DuckDB archive
@@ -34,7 +35,14 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     from streams.worker import run_worker
 
     return run_worker(kafka=args.kafka, db=args.db, site_files=args.site, partitions=args.partitions,
-                      group=args.group, topic_suffix=args.topic_suffix, web_port=args.web_port)
+                      group=args.group, topic_suffix=args.topic_suffix, web_port=args.web_port,
+                      web_bind=args.web_bind)
+
+
+def _cmd_actuator(args: argparse.Namespace) -> int:
+    from adapters.actuator_config import run_actuator_cli
+
+    return run_actuator_cli(args)
 
 
 def _cmd_broker(args: argparse.Namespace) -> int:
@@ -103,8 +111,19 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--topic-suffix", default=os.environ.get("WATTMIX_TOPIC_SUFFIX", ""),
                    help="suffix appended to every topic name (a tenant's or a test's own set)")
     w.add_argument("--web-port", type=int, default=None,
-                   help="serve /metrics, /api/state and a live dashboard on 127.0.0.1:PORT (default: off)")
+                   help="serve /metrics, /api/state and a live dashboard on WEB_BIND:PORT (default: off)")
+    w.add_argument("--web-bind", default=os.environ.get("WATTMIX_WEB_BIND", "127.0.0.1"),
+                   help="address the web server binds (env WATTMIX_WEB_BIND; default 127.0.0.1, "
+                        "0.0.0.0 in a container; the dashboard has no authentication)")
     w.set_defaults(func=_cmd_worker)
+
+    a = sub.add_parser("actuator", help="carry out actions on miners and GPU jobs, report on wattmix.actuations")
+    a.add_argument("--config", required=True, help="actuator TOML (docs/integrations.md)")
+    a.add_argument("--kafka", default=DEFAULT_KAFKA, help="bootstrap servers (env WATTMIX_KAFKA)")
+    a.add_argument("--group", default="wattmix-actuator", help="consumer group")
+    a.add_argument("--miner-driver", choices=["cgminer-api", "pyasic"], default=None,
+                   help="override [miners] driver of the config")
+    a.set_defaults(func=_cmd_actuator)
 
     b = sub.add_parser("broker", help="start the embedded tansu broker on loopback")
     b.add_argument("--port", type=int, default=9092)

@@ -6,8 +6,16 @@ import orjson
 import pytest
 
 from schemas.action import DispatchAction
-from schemas.codec import MAX_MESSAGE_BYTES, decode, encode
-from schemas.feeds import DemandResponseEvent, GpuTelemetry, GridPrice, Hashprice
+from schemas.codec import MAX_MESSAGE_BYTES, decode, decode_gpu, decode_samples, encode, encode_gpu_columns
+from schemas.feeds import (
+    DemandResponseEvent,
+    GpuSamples,
+    GpuTelemetry,
+    GpuTelemetryBatch,
+    GpuTelemetryColumns,
+    GridPrice,
+    Hashprice,
+)
 from schemas.site import load_sample_site
 from tests import factories as f
 from wattmix.errors import ConfigError, DecodeError
@@ -90,6 +98,62 @@ def test_gpu_telemetry_bounds():
         bad = dict(raw, **{field: value})
         with pytest.raises(DecodeError, match=field):
             decode(GpuTelemetry, orjson.dumps(bad))
+
+
+# -- GPU telemetry batches --------------------------------------------------------------------
+
+def _batch_samples() -> list[GpuTelemetry]:
+    return [f.gpu_sample(f"j{i}", ("inference", "training", "batch")[i % 3], minute=i % 2, power_kw=1.5 * i)
+            for i in range(5)]
+
+
+@pytest.mark.parametrize("form", ["rows", "columns"])
+def test_gpu_batch_forms_decode_to_the_same_samples(form):
+    samples = _batch_samples()
+    raw = (encode(GpuTelemetryBatch(site_id="sample", samples=samples)) if form == "rows"
+           else encode_gpu_columns(samples))
+    got = decode_gpu(raw)
+    assert isinstance(got, GpuSamples) and got.site_id == "sample"
+    assert got.records() == samples
+    assert decode_samples(GpuTelemetry, GpuTelemetryBatch, raw) == samples
+    if form == "columns":  # the same message through its pydantic model
+        assert decode(GpuTelemetryColumns, raw).columns.job_id == [g.job_id for g in samples]
+        assert len(raw) < len(encode(GpuTelemetryBatch(site_id="sample", samples=samples))) / 2
+
+
+@pytest.mark.parametrize("form, field, value, needle", [
+    ("rows", "utilization", 1.9, "samples.3.utilization: Input should be less than or equal to 1 (got 1.9)"),
+    ("rows", "observed_at", "2024-08-05T00:00:00", "samples.3.observed_at: Input should have timezone info"),
+    ("rows", "gpus", True, "samples.3.gpus: Input should be a valid integer (got True)"),
+    ("columns", "utilization", 1.9, "columns.utilization.3: Input should be less than or equal to 1 (got 1.9)"),
+    ("columns", "state", "mining", "columns.state.3: Input should be"),
+    ("columns", "power_kw", -1, "columns.power_kw.3: Input should be greater than or equal to 0"),
+])
+def test_one_bad_sample_rejects_the_batch_naming_its_index_and_field(form, field, value, needle):
+    doc = orjson.loads(encode(GpuTelemetryBatch(site_id="sample", samples=_batch_samples())) if form == "rows"
+                       else encode_gpu_columns(_batch_samples()))
+    if form == "rows":
+        doc["samples"][3][field] = value
+    else:
+        doc["columns"][field][3] = value
+    with pytest.raises(DecodeError) as exc:
+        decode_gpu(orjson.dumps(doc))
+    assert needle in exc.value.reason
+    assert exc.value.reason.startswith("GpuTelemetryBatch: " if form == "rows" else "GpuTelemetryColumns: ")
+
+
+def test_gpu_columns_of_different_lengths_are_rejected():
+    doc = orjson.loads(encode_gpu_columns(_batch_samples()))
+    doc["columns"]["gpus"].pop()
+    with pytest.raises(DecodeError, match="column gpus has 4 values, job_id has 5"):
+        decode_gpu(orjson.dumps(doc))
+
+
+def test_a_single_sample_whose_text_names_a_batch_key_is_one_sample():
+    # "samples"/"columns" as a job id: the text matches the batch test, the JSON is one sample
+    for job in ("samples", "columns"):
+        g = f.gpu_sample(job)
+        assert decode_gpu(encode(g)) == g
 
 
 def test_identities_are_stable_keys():

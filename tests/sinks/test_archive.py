@@ -10,9 +10,13 @@ from datetime import timedelta
 from pathlib import Path
 
 import duckdb
+import numpy as np
+import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from schemas.feeds import GpuTelemetry, GridPrice, Hashprice
+from schemas.feeds import GpuSamples, GpuTelemetry, GridPrice, Hashprice, epoch_us
 from schemas.topics import FEEDS_BY_NAME, INPUT_FEEDS
 from sinks import archive as archive_mod
 from sinks.archive import (
@@ -507,6 +511,73 @@ def test_read_inputs_streams_in_chunks(arch: Archive):
     arch.write_batch(b)
     got = [r for _, r in read_inputs_in_event_order(arch.connection(), "sample", chunk_rows=100)]
     assert got == recs
+
+
+# -- rows given as columns (a GPU telemetry batch) ---------------------------------------------
+
+def _gpu_columns(recs: list[GpuTelemetry]) -> dict:
+    """What the pipeline hands over: the site once, timestamps as epoch microseconds."""
+    cols = GpuSamples.of_records("sample", recs).columns()
+    return {**cols, "observed_at": np.asarray([epoch_us(t) for t in cols["observed_at"]], dtype=np.int64)}
+
+
+def test_columns_make_the_same_rows_as_records_in_the_order_added(arch: Archive):
+    recs = feed_records()["gpu_telemetry"]  # incl. a microsecond timestamp
+    late = [i % 4 == 0 for i in range(8)]
+    by_record, by_columns = ArchiveBatch(), ArchiveBatch()
+    for i, r in enumerate(recs):
+        by_record.add_input("gpu_telemetry", r, topic="t", partition=2, offset=10 + (i >= 3) + (i >= 11),
+                            late=i >= 3 and i < 11 and late[i - 3])
+    for r in recs[:3]:
+        by_columns.add_input("gpu_telemetry", r, topic="t", partition=2, offset=10)
+    by_columns.add_input_columns("gpu_telemetry", _gpu_columns(recs[3:11]), topic="t", partition=2, offset=11,
+                                 late=np.array(late))
+    for r in recs[11:]:
+        by_columns.add_input("gpu_telemetry", r, topic="t", partition=2, offset=12)
+    assert len(by_columns) == len(recs) and by_columns.counts() == {"gpu_telemetry": len(recs)}
+    assert by_columns.to_arrow()["gpu_telemetry"].equals(by_record.to_arrow()["gpu_telemetry"])
+    assert arch.write_batch(by_columns).inserted == {"gpu_telemetry": len(recs)}
+    got = [r for _, r in read_inputs_in_event_order(arch.connection(), "sample")]
+    assert sorted(got, key=lambda g: (g.observed_at, g.job_id)) == sorted(recs, key=lambda g: (g.observed_at, g.job_id))
+    assert arch.write_batch(by_columns).inserted == {"gpu_telemetry": 0}  # idempotent
+
+
+def test_columns_and_records_in_one_batch_deduplicate_first_wins(arch: Archive):
+    recs = [f.gpu_sample(f"j{i}", minute=i) for i in range(5)]
+    b = ArchiveBatch()
+    b.add_input_columns("gpu_telemetry", _gpu_columns(recs), topic="t", partition=0, offset=1)
+    b.add_input("gpu_telemetry", recs[2], topic="t", partition=0, offset=2)  # a re-delivery
+    b.add_input_columns("gpu_telemetry", _gpu_columns(recs[:2]), topic="t", partition=0, offset=3)
+    assert arch.write_batch(b).inserted == {"gpu_telemetry": 5}
+    assert arch.connection().execute("SELECT DISTINCT kafka_offset FROM gpu_telemetry").fetchall() == [(1,)]
+
+
+def test_columns_must_be_every_field_of_one_length():
+    b = ArchiveBatch()
+    cols = _gpu_columns([f.gpu_sample("a"), f.gpu_sample("b")])
+    with pytest.raises(ValueError, match="needs columns"):
+        b.add_input_columns("gpu_telemetry", {k: v for k, v in cols.items() if k != "gpus"})
+    with pytest.raises(ValueError, match="differ in length"):
+        b.add_input_columns("gpu_telemetry", {**cols, "gpus": [8]})
+    with pytest.raises(ValueError, match="differ in length"):
+        b.add_input_columns("gpu_telemetry", cols, late=[True])
+    assert len(b) == 0
+
+
+key_value = st.sampled_from(["a", "b", "ab", ""]) | st.none()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(key_value, st.integers(-2, 2) | st.none(), st.integers(0, 3)), max_size=12))
+def test_first_per_key_keeps_the_first_row_of_each_key(rows):
+    table = pa.table({"s": pa.array([r[0] for r in rows], pa.string()), "i": pa.array([r[1] for r in rows], pa.int64()),
+                      "t": pa.array([r[2] for r in rows], pa.timestamp("us", tz="UTC")),
+                      "n": pa.array(range(len(rows)), pa.int64())})
+    firsts: dict = {}
+    for n, r in enumerate(rows):
+        firsts.setdefault(r, n)
+    got = archive_mod._first_per_key(table, ("s", "i", "t"))
+    assert got.column("n").to_pylist() == sorted(firsts.values())
 
 
 def test_batch_rejects_unknown_feed_and_wrong_record_type():

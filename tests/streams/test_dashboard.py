@@ -108,6 +108,7 @@ def test_worker_serves_metrics_state_and_a_live_dashboard(kafka_bootstrap, fresh
         assert decisions >= 4 and len(first["history"]) == decisions
         assert _metric(text, "wattmix_watchdog_ok") == 1
         assert _metric(text, "wattmix_broker_outages_total") == 0
+        assert _metric(text, "wattmix_partition_takeovers_total") == 0  # one worker: it owns every partition
         price = _metric(text, "wattmix_price_usd_mwh", site=SITE_ID, kind="known")
         assert price == first["latest"]["price_known_usd_mwh"] and price > 0
         for fl in first["latest"]["fleets"]:
@@ -166,3 +167,87 @@ def test_the_dashboards_error_probe_reports_failures(tmp_path):
     page.write_text(DASHBOARD_HTML)
     body = _body(_dump_dom(page.as_uri(), tmp_path / "profile"))
     assert 'data-ready="0"' in body and not re.search(r'data-errors="0"', body), body
+
+
+def _archived_decisions(db: Path) -> list:
+    """An archive holding 25 h of decisions (inputs and actions) of the sample site; its actions.
+
+    25 h of 15-min prices from 18:00: longer than the 96 intervals the dashboard keeps, and the
+    newest 96 span UTC midnight, so the day's P&L is not the history's sum."""
+    from dispatch.processor import run_in_process
+    from sinks.archive import Archive, ArchiveBatch
+    from tests import factories as f
+
+    t0 = T0 + timedelta(hours=18)
+    events = [f.hashprice(54.3, at=t0)] + [f.rt_price(i, 20.0 + (i % 7) * 15, t0=t0) for i in range(100)]
+    actions = run_in_process(load_sample_site(), sorted(events, key=lambda e: e.event_time()))
+    with Archive(db) as ar:
+        batch = ArchiveBatch()
+        for e in events:
+            batch.add_input("hashprice" if e.__class__.__name__ == "Hashprice" else "grid_prices", e)
+        for a in actions:
+            batch.add_action(a)
+        ar.write_batch(batch)
+    return actions
+
+
+def _assert_seeded(s: dict, actions: list) -> None:
+    """/api/state's site entry shows the newest 96 archived actions and the newest day's P&L."""
+    from collections import Counter
+
+    from streams.web import HISTORY
+
+    newest = actions[-HISTORY:]
+    assert [h["t"] for h in s["history"]] == [a.model_dump(mode="json")["interval_start"] for a in newest]
+    assert [h["net_usd"] for h in s["history"]] == [a.expected.net_usd for a in newest]
+    assert s["latest"]["interval_start"] == actions[-1].model_dump(mode="json")["interval_start"]
+    last_day = actions[-1].interval_start.date()
+    per_day = Counter(a.interval_start.date() for a in actions)
+    assert len(per_day) == 2 and per_day[last_day] < HISTORY   # the P&L is the last day's only
+    assert s["pnl_today"] == {"day": last_day.isoformat(),
+                              "net_usd": pytest.approx(sum(a.expected.net_usd for a in actions
+                                                           if a.interval_start.date() == last_day))}
+
+
+def test_a_restarted_workers_dashboard_starts_from_the_archive(tmp_path):
+    """DispatchWorker with a web port on an archive of decisions: the dashboard's history is
+    there before any event arrives, and a decision re-published after the restart is shown once."""
+    from streams.app import TopicNames, WorkerSettings
+    from streams.worker import DispatchWorker
+
+    actions = _archived_decisions(tmp_path / "archive.duckdb")
+    settings = WorkerSettings(db=str(tmp_path / "archive.duckdb"), sites=(load_sample_site(),), web_port=free_port(),
+                              topics=TopicNames(".restart"))
+    worker = DispatchWorker(settings)
+    try:
+        s = worker.web.state()["sites"][SITE_ID]
+        worker.web._remember(actions[-1])
+        again = worker.web.state()["sites"][SITE_ID]
+    finally:
+        worker.close()
+    _assert_seeded(s, actions)
+    assert again["history"] == s["history"] and again["pnl_today"] == s["pnl_today"]
+
+
+def test_worker_cli_web_bind_and_history_after_restart(kafka_bootstrap, fresh_topics, tmp_path):
+    """``wattmix worker --web-bind 127.0.0.2`` on an existing archive: served there (and not on
+    127.0.0.1), with the archived history."""
+    topics = fresh_topics()
+    db, log = tmp_path / "archive.duckdb", tmp_path / "worker.log"
+    actions = _archived_decisions(db)
+    port = free_port()
+    cmd = [sys.executable, "-m", "wattmix", "worker", "--kafka", kafka_bootstrap, "--db", str(db),
+           "--group", f"g-{topics.suffix}", "--topic-suffix", "." + topics.suffix, "--web-port", str(port),
+           "--web-bind", "127.0.0.2"]
+    proc = subprocess.Popen(cmd, stdout=open(log, "ab"), stderr=subprocess.STDOUT,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True)
+    try:
+        base = f"http://127.0.0.2:{port}"
+        _wait_http(base + "/metrics", proc, log)
+        s = orjson.loads(_get(base + "/api/state"))["sites"][SITE_ID]
+        with pytest.raises(OSError):
+            _get(f"http://127.0.0.1:{port}/metrics")
+    finally:
+        rc = stop_worker(proc)
+    assert rc == 0, log.read_text()[-3000:]
+    _assert_seeded(s, actions)

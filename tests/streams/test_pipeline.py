@@ -4,19 +4,22 @@ telemetry, and the boundary fast path's query."""
 
 from __future__ import annotations
 
+import random
 from datetime import datetime, timezone
 
 import orjson
 import pytest
 
 from dispatch.processor import run_in_process
-from schemas.codec import decode_samples, encode
+from schemas.codec import decode_samples, encode, encode_gpu_columns
 from schemas.feeds import GpuTelemetry, GpuTelemetryBatch
 from schemas.site import load_sample_site
+from sinks.archive import Archive
 from streams.app import TopicNames
 from streams.pipeline import Incoming, Pipeline
 from tests import factories as f
 from wattmix.errors import DecodeError
+from wattmix.scenario import build_demo_scenario
 
 SITE = load_sample_site()
 TOPICS = TopicNames(".t")
@@ -184,6 +187,110 @@ def test_batched_telemetry_is_the_same_as_single_samples():
     assert len(msgs) < len(ev)
     assert rows == sum(1 for e in ev if named(e) == "gpu_telemetry")
     assert [encode(a) for a in b_actions] == [encode(a) for a in s_actions]
+
+
+@pytest.fixture(scope="module")
+def demo_events() -> list:
+    """Three demo days with 60 GPU jobs (~5,000 samples: starts, hourly samples, completions)."""
+    return [rec for _, rec in build_demo_scenario(days=3, jobs=60, site=SITE).events_in_order()]
+
+
+def _message_plan(ev: list, per_message: int, seed: int | None) -> list[list]:
+    """Events grouped as the batched stream sends them: each list is one message (GPU samples
+    of a batch in list order, ``per_message`` at most, sent where its last sample was; any
+    other event alone). ``seed``: shuffle the samples inside each batch (exporters need not
+    sort a scrape). Late samples (long decided) close the stream."""
+    late = [f.gpu_sample("late-a", "batch", minute=20), f.gpu_sample("late-b", "inference", minute=20),
+            f.gpu_sample("late-b", "inference", minute=25, state="completed")]
+    plan, buf = [], []
+    for e in ev + late:
+        if not isinstance(e, GpuTelemetry):
+            plan.append([e])
+            continue
+        buf.append(e)
+        if len(buf) == per_message or e is late[0]:
+            plan.append(buf)
+            buf = []
+    plan.append(buf)
+    rnd = random.Random(seed)
+    for m in plan:
+        if seed is not None and len(m) > 1:
+            rnd.shuffle(m)
+    return [m for m in plan if m]
+
+
+def _run(msgs: list[Incoming], archive_path) -> tuple[list, list]:
+    """Ingest in steps of 5 messages with every partition busy, then flush; archive every
+    step into a real DuckDB file. Returns (actions, late count)."""
+    p = pipeline()
+    actions, late = [], 0
+    with Archive(archive_path) as arch:
+        for i in range(0, len(msgs), 5):
+            res = p.ingest(msgs[i:i + 5], NONE_IDLE)
+            actions += res.actions
+            late += res.late
+            arch.write_batch(res.batch)
+        res = p.flush(ALL_IDLE)
+        actions += res.actions
+        arch.write_batch(res.batch)
+    return actions, late
+
+
+GPU_ROWS = ("SELECT site_id, job_id, gpu_class, gpus, power_kw, utilization, state, observed_at, event_time, late, "
+            "identity FROM gpu_telemetry ORDER BY observed_at, job_id, state")
+
+
+@pytest.mark.parametrize("form, per_message, seed", [
+    ("rows", 7, None), ("columns", 300, None), ("columns", 1000, 3), ("rows", 4000, 5)])
+# (the late samples fold when released, as live: the in-process engine on event-time-ordered
+# input is compared with the per-sample stream in test_live_decisions_equal_the_in_process_engine...)
+def test_same_samples_per_sample_or_batched_give_identical_actions_and_archive(demo_events, tmp_path, form,
+                                                                              per_message, seed):
+    plan = _message_plan(demo_events, per_message, seed)
+    # sent one by one, a shuffled batch's samples go in time order (stable: an instant's samples
+    # keep the batch's order), as the merge orders them; unsorted, later ones would make the
+    # earlier ones late, which a batch delivered at once does not
+    in_time = (e for m in plan for e in sorted(m, key=lambda e: e.event_time()))
+    single = [msg(named(e), encode(e), offset=i) for i, e in enumerate(in_time)]
+    batched = []
+    for i, m in enumerate(plan):
+        if not isinstance(m[0], GpuTelemetry):
+            value = encode(m[0])
+        elif form == "rows":
+            value = encode(GpuTelemetryBatch(site_id="sample", samples=m))
+        else:
+            value = encode_gpu_columns(m)
+        batched.append(msg(named(m[0]), value, offset=i))
+    assert len(batched) < len(single) / 5 if per_message > 7 else len(batched) < len(single)
+
+    s_actions, s_late = _run(single, tmp_path / "single.duckdb")
+    b_actions, b_late = _run(batched, tmp_path / "batched.duckdb")
+    assert len(s_actions) == 287 and s_late == b_late == 3
+    assert [encode(a) for a in b_actions] == [encode(a) for a in s_actions]
+    with Archive(tmp_path / "single.duckdb") as a, Archive(tmp_path / "batched.duckdb") as b:
+        rows = a.connection().execute(GPU_ROWS).fetchall()
+        assert rows == b.connection().execute(GPU_ROWS).fetchall()
+        assert len(rows) == sum(1 for e in single if "gpu" in e.topic)
+        assert a.counts() == b.counts()
+
+
+def test_an_unsorted_batch_keeps_the_order_of_samples_of_one_instant():
+    # the later sample of job x at minute 5 ("completed") follows its "running" in the list: it
+    # must win, as if sent one by one, although the batch is sorted by time before merging
+    samples = [f.gpu_sample("x", minute=5), f.gpu_sample("y", minute=0), f.gpu_sample("x", minute=5, state="completed"),
+               f.gpu_sample("z", minute=5)]
+    p = pipeline()
+    p.ingest([msg("gpu_telemetry", encode_gpu_columns(samples))], ALL_IDLE)
+    assert sorted(p.lanes["sample"].processor.state.gpu_jobs) == ["y", "z"]
+
+
+def test_a_batch_archived_twice_adds_no_rows(tmp_path):
+    m = msg("gpu_telemetry", encode_gpu_columns([f.gpu_sample(f"j{i}", minute=i) for i in range(40)]), offset=3)
+    with Archive(tmp_path / "a.duckdb") as arch:
+        first = arch.write_batch(pipeline().ingest([m], NONE_IDLE).batch)
+        again = arch.write_batch(pipeline().ingest([m, m], NONE_IDLE).batch)  # re-delivered, twice
+        assert first.inserted == {"gpu_telemetry": 40} and again.inserted == {"gpu_telemetry": 0}
+        assert arch.counts()["gpu_telemetry"] == 40
 
 
 def test_a_bad_sample_rejects_its_batch_with_the_index_in_the_reason():

@@ -87,6 +87,15 @@ def _mounts(block: str, volume: str, target: str) -> bool:
     return bool(short or long)
 
 
+def _publishes(block: str, host_ip: str, published: int, target: int) -> bool:
+    """A port mapping, as compose v1 (``- 127.0.0.1:8080:8080/tcp``) or v2 (long syntax) renders it."""
+    short = re.search(rf"^\s+- '?{re.escape(host_ip)}:{published}:{target}(/tcp)?'?\s*$", block, re.MULTILINE)
+    section = re.search(r"^    ports:\n((?:      .*\n)+)", block, re.MULTILINE)
+    long = section and all(re.search(pat, section.group(1), re.MULTILINE) for pat in (
+        rf"host_ip: {re.escape(host_ip)}$", rf"target: {target}$", rf"published: ['\"]?{published}['\"]?$"))
+    return bool(short or long)
+
+
 def _env(block: str, name: str) -> str:
     match = re.search(rf"^\s+{name}: (.*(?:\n {{8,}}(?!\w+:).*)*)", block, re.MULTILINE)
     assert match, f"{name} not in\n{block}"
@@ -119,7 +128,10 @@ def test_kafka_is_kraft_with_a_healthcheck(rendered: str) -> None:
 @needs_compose
 def test_worker_and_feed_commands_and_ordering(rendered: str) -> None:
     worker = _service_block(rendered, "worker")
-    assert _command(worker) == ["wattmix", "worker", "--kafka", "kafka:9092", "--db", "/data/wattmix.duckdb"]
+    assert _command(worker) == ["wattmix", "worker", "--kafka", "kafka:9092", "--db", "/data/wattmix.duckdb",
+                                "--web-port", "8080", "--web-bind", "0.0.0.0"]
+    # the dashboard / metrics port reaches the host, on its loopback only (no authentication)
+    assert _publishes(worker, "127.0.0.1", 8080, 8080), worker
     assert _mounts(worker, "wattmix-data", "/data")
     assert re.search(r"topic-init:\n\s+condition: service_completed_successfully", worker)
     assert re.search(r"kafka:\n\s+condition: service_healthy", worker)
