@@ -27,6 +27,28 @@ def test_boundary_is_due_only_after_an_event_past_it():
     assert list(c.due(T0 + 61 * M)) == []
 
 
+def test_a_day_of_missed_intervals_is_caught_up():
+    c = IntervalClock(15)
+    c.start(T0)
+    due = list(c.due(T0 + timedelta(days=1)))  # exactly the catch-up bound past the next boundary
+    assert len(due) == 96 and due[0] == T0 and due[-1] == T0 + timedelta(days=1) - 15 * M
+    assert c.skipped_intervals == 0
+
+
+def test_a_jump_past_the_catch_up_bound_skips_the_hole_and_restarts(caplog):
+    # an event in 2099 after one in 2024 (both valid stamps) must not make 75 years of
+    # intervals due: the clock restarts at the event's interval, as at start-up
+    c = IntervalClock(15)
+    c.start(T0)
+    jump = datetime(2099, 1, 1, 0, 7, tzinfo=timezone.utc)
+    assert list(c.due(jump)) == []
+    assert c.next_boundary == datetime(2099, 1, 1, 0, 15, tzinfo=timezone.utc)
+    assert c.skipped_intervals == (c.next_boundary - T0) // (15 * M)
+    assert "intervals skipped" in caplog.text
+    assert list(c.due(jump + 10 * M)) == [datetime(2099, 1, 1, 0, 15, tzinfo=timezone.utc)]
+    assert c.is_late(T0 + 16 * M)  # the old times stay late
+
+
 def test_late_events():
     c = IntervalClock(15)
     c.start(T0)
