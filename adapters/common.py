@@ -7,13 +7,16 @@
   partition), Kafka timestamp = the record's event time, plain (non-idempotent) producer,
   ``acks=all``, each send awaited so a record is on the broker before the adapter reports it.
 * :class:`MemoryPublisher` collects records in a list (dry runs and unit tests).
+* :func:`poll_forever` runs a source's ``poll_once`` on a schedule, surviving its failures.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib
-from collections.abc import Mapping
-from datetime import datetime, timezone
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime, timedelta, timezone
 from types import ModuleType
 from typing import Protocol
 
@@ -21,6 +24,9 @@ from schemas.base import WireModel
 from schemas.codec import encode
 from schemas.topics import Feed, feed_for_record
 from wattmix.errors import WattmixError
+
+
+log = logging.getLogger(__name__)
 
 
 class MissingExtraError(WattmixError, ImportError):
@@ -107,3 +113,25 @@ class KafkaPublisher:
                                            key=record.site_id.encode(),  # type: ignore[attr-defined]
                                            timestamp_ms=int(t.timestamp() * 1000))
         self.sent += 1
+
+
+async def poll_forever(poll_once: Callable[[], Awaitable[object]], what: str, interval: timedelta,
+                       rounds: int | None = None,
+                       on_error: Callable[[Exception], Awaitable[None] | None] | None = None) -> None:
+    """Call ``poll_once`` every ``interval`` (``rounds`` times, or until cancelled). A failed
+    poll (:class:`AdapterError`: the peer is down or answered nonsense) is logged as
+    ``"<what> poll failed"``, handed to ``on_error`` and retried at the next round: a feed
+    source must outlive its peer's outages (the worker's watchdog reports the silence)."""
+    n = 0
+    while rounds is None or n < rounds:
+        try:
+            await poll_once()
+        except AdapterError as exc:
+            log.warning("%s poll failed: %s", what, exc)
+            if on_error:
+                res = on_error(exc)
+                if asyncio.iscoroutine(res):
+                    await res
+        n += 1
+        if rounds is None or n < rounds:
+            await asyncio.sleep(interval.total_seconds())

@@ -44,7 +44,7 @@ from typing import Any
 from schemas.feeds import GridPrice
 from schemas.topics import PRICES
 
-from adapters.common import AdapterError, Publisher, utcnow
+from adapters.common import AdapterError, Publisher, poll_forever, utcnow
 
 log = logging.getLogger("wattmix.adapters.grid")
 
@@ -242,12 +242,4 @@ class ErcotPricePoller:
         return new
 
     async def run(self, interval: timedelta = timedelta(minutes=5), rounds: int | None = None) -> None:
-        n = 0
-        while rounds is None or n < rounds:
-            try:
-                await self.poll_once()
-            except AdapterError as exc:
-                log.warning("ERCOT poll failed: %s", exc)
-            n += 1
-            if rounds is None or n < rounds:
-                await asyncio.sleep(interval.total_seconds())
+        await poll_forever(self.poll_once, "ERCOT", interval, rounds)

@@ -50,7 +50,7 @@ from typing import Any
 from schemas.feeds import Hashprice
 from schemas.topics import HASHPRICE
 
-from adapters.common import AdapterError, Publisher, utcnow
+from adapters.common import AdapterError, Publisher, poll_forever, utcnow
 
 log = logging.getLogger("wattmix.adapters.hashprice")
 
@@ -213,16 +213,4 @@ class HashpricePoller:
 
     async def run(self, interval: timedelta = timedelta(hours=1), rounds: int | None = None,
                   on_error: Callable[[Exception], Awaitable[None] | None] | None = None) -> None:
-        n = 0
-        while rounds is None or n < rounds:
-            try:
-                await self.poll_once()
-            except AdapterError as exc:
-                log.warning("hashprice poll failed: %s", exc)
-                if on_error:
-                    res = on_error(exc)
-                    if asyncio.iscoroutine(res):
-                        await res
-            n += 1
-            if rounds is None or n < rounds:
-                await asyncio.sleep(interval.total_seconds())
+        await poll_forever(self.poll_once, "hashprice", interval, rounds, on_error)
