@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import subprocess
 import sys
 import tempfile
@@ -141,9 +140,11 @@ def main() -> None:
     ap.add_argument("--profile", default=None, help="py-spy speedscope output for the mixed worker (with "
                     "--only batched: of the batched workers, FILE.rows.json and FILE.columns.json)")
     ap.add_argument("--set", action="append", default=[], help="WorkerSettings field=value for the workers")
+    ap.add_argument("--gc", choices=("tuned", "default"), default="tuned",
+                    help="workers' GC thresholds: wattmix worker's (tuned) or Python's (default), for A/B")
     args = ap.parse_args()
     only = set(args.only.split(","))
-    extra = [x for s in args.set for x in ("--set", s)]
+    extra = [x for s in args.set for x in ("--set", s)] + ["--gc", args.gc]
 
     from wattmix.broker import EmbeddedBroker
 
@@ -185,7 +186,8 @@ def main() -> None:
             single_rate = res["rate"]
             rows.append(("wattmix worker, mixed feeds", res["rate"], "msg/s"))
             print(f"mixed   worker   {res['rate']:>12,.0f} msg/s ({res['events']:,} events in {res['seconds']:.1f} s; "
-                  f"rss {res['per_worker'][0].get('rss_kb', 0) / 1024:.0f} MB; published in {res['published_s']:.1f} s)",
+                  f"rss {res['per_worker'][0].get('rss_kb', 0) / 1024:.0f} MB; GC {res['per_worker'][0].get('gc_s', 0):.2f} s; "
+                  f"published in {res['published_s']:.1f} s)",
                   flush=True)
 
         if "batched" in only:
@@ -202,7 +204,8 @@ def main() -> None:
                              "samples/s"))
                 print(f"batched {form:<7}  {rate:>12,.0f} samples/s ({samples:,} samples in {messages:,} messages "
                       f"+ {len(batched) - messages:,} other events, {res['seconds']:.1f} s); "
-                      f"{rate / single_rate:.1f}x single-sample messages (mixed: {single_rate:,.0f} msg/s)", flush=True)
+                      f"{rate / single_rate:.1f}x single-sample messages (mixed: {single_rate:,.0f} msg/s); "
+                      f"GC {res['per_worker'][0].get('gc_s', 0):.2f} s", flush=True)
 
         if "scaleout" in only:
             sites4 = site_ids(4)

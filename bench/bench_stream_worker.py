@@ -5,13 +5,16 @@
 
 Same code path as ``wattmix worker``; additionally writes ``FILE`` (JSON) after every durable
 batch: ``first`` (wall time the first fetch reached the worker), ``last`` (wall time the latest
-batch was durable and acked), ``events`` (durable so far), ``rss_kb``.
+batch was durable and acked), ``events`` (durable so far), ``rss_kb``, ``gc_s`` (seconds spent
+in cyclic garbage collection so far). ``--gc default`` keeps Python's GC thresholds instead of
+``wattmix worker``'s (``streams.worker.tune_gc``): the A/B of that setting.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import os
 import sys
 import time
@@ -32,13 +35,14 @@ def main() -> None:
     ap.add_argument("--sites", required=True, help="comma-separated site ids (copies of the sample site)")
     ap.add_argument("--status", required=True)
     ap.add_argument("--set", action="append", default=[], help="WorkerSettings field=value")
+    ap.add_argument("--gc", choices=("tuned", "default"), default="tuned")
     args = ap.parse_args()
 
     import faust
 
     from bench_stream_lib import rss_kb, site_config
     from streams.app import TopicNames, WorkerSettings
-    from streams.worker import DispatchWorker
+    from streams.worker import DispatchWorker, tune_gc
 
     kw = {}
     fields = {f.name: f for f in dataclasses.fields(WorkerSettings)}
@@ -52,7 +56,7 @@ def main() -> None:
     worker = DispatchWorker(settings)
     status = Path(args.status)
     tmp = status.with_suffix(".tmp")
-    st = {"first": 0.0, "last": 0.0, "events": 0, "rss_kb": 0, "pid": os.getpid()}
+    st = {"first": 0.0, "last": 0.0, "events": 0, "rss_kb": 0, "gc_s": 0.0, "pid": os.getpid()}
     pid = os.getpid()
 
     def on_durable(n: int) -> None:
@@ -66,6 +70,17 @@ def main() -> None:
         os.replace(tmp, status)
 
     worker.on_durable = on_durable
+    gc_started = [0.0]
+
+    def gc_timer(phase: str, info: dict) -> None:
+        if phase == "start":
+            gc_started[0] = time.perf_counter()
+        else:
+            st["gc_s"] += time.perf_counter() - gc_started[0]
+
+    gc.callbacks.append(gc_timer)
+    if args.gc == "tuned":
+        tune_gc()  # as run_worker does
     try:
         faust.Worker(worker.app, loglevel="WARNING").execute_from_commandline()
     finally:
