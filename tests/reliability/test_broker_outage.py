@@ -4,8 +4,8 @@ itself, nothing is lost or duplicated, decisions are identical to the in-process
 the outage shows in the worker's log.
 
 The outage lasts ``$WATTMIX_OUTAGE_S`` seconds (default 30 s, the issue's figure, three times
-the worker's session timeout; the test takes ~50 s, ``WATTMIX_OUTAGE_S=8`` for a quick run). The test runs its own
-tansu broker so the pause never touches the session broker other tests use.
+the worker's session timeout; the test takes ~50 s, ``WATTMIX_OUTAGE_S=8`` for a quick run).
+The test runs its own tansu broker so the pause never touches the session broker other tests use.
 """
 
 from __future__ import annotations
