@@ -18,6 +18,16 @@ from streams.security import KafkaSecurity
 from schemas.topics import ACTIONS, DEAD_LETTERS, DEFAULT_PARTITIONS, INPUT_FEEDS
 
 
+#: How far ahead of this worker's wall clock an event may be stamped. Every feed's event time
+#: is when something happened or was published (a price's publication, a DR notice, a
+#: telemetry sample), never a time to come, so an event an hour ahead is a producer's clock or
+#: unit error. Accepted, it would move the site's event-time clock past every real event to come
+#: (nothing would be decided until the wall clock caught up); it goes to the dead letters
+#: instead. The wall clock only guards the edge here: it never enters a decision. None: no check
+#: (a simulation running ahead of the wall clock).
+MAX_FUTURE_S = 3600.0
+
+
 @dataclass(frozen=True)
 class TopicNames:
     """Topic names; a ``suffix`` gives a test or a tenant its own set."""
@@ -69,6 +79,8 @@ class WorkerSettings:
     archive_interval_s: float = 0.25
     # Events decided but not yet durable (archived + acked) at most; then the fetch loop waits.
     max_inflight_events: int = 40_000
+    # Events stamped further ahead of the wall clock go to the dead letters (FutureEvent).
+    max_future_s: float | None = MAX_FUTURE_S
     # Fetch size per partition: Faust's default 1 MB caps a fetch at ~5,000 records of 200 B.
     fetch_partition_max_bytes: int = 4 * 1024 * 1024
     # How long the broker may hold a fetch when no data is there (the latency floor when idle).

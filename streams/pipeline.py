@@ -11,7 +11,8 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +26,7 @@ from schemas.feeds import FeedRecord, GpuSamples, epoch_us
 from schemas.site import SiteConfig
 from schemas.topics import INPUT_FEEDS, Feed
 from sinks.archive import ArchiveBatch
-from streams.app import TopicNames
+from streams.app import MAX_FUTURE_S, TopicNames
 from wattmix.errors import DecodeError
 
 FEED_ORDER = tuple(f.name for f in INPUT_FEEDS)
@@ -70,6 +71,12 @@ class RestoreReport:
     resumed_after: datetime | None = None
 
 
+def future_reason(rec: Any, t: datetime, horizon: datetime, max_future_s: float | None) -> str:
+    ahead = t - (horizon - timedelta(seconds=max_future_s or 0.0))
+    return (f"{type(rec).__name__}: event time {t.isoformat()} is {ahead.total_seconds() / 3600:,.1f} h ahead of "
+            f"this worker's clock (at most {max_future_s or 0:g} s accepted): a producer clock or unit error")
+
+
 #: idle(topic, partition) -> True when that partition has nothing left to read right now
 IdleFn = Callable[[str, int], bool]
 
@@ -108,8 +115,11 @@ class _SiteLane:
 
 class Pipeline:
     def __init__(self, sites: Iterable[SiteConfig], topics: TopicNames,
-                 now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
+                 now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+                 max_future_s: float | None = MAX_FUTURE_S) -> None:
         self.topics = topics
+        self.max_future_s = max_future_s
+        self._horizon: datetime | None = None  # event times past this are dead-lettered (per ingest)
         self.lanes: dict[str, _SiteLane] = {
             s.site_id: _SiteLane(SiteProcessor(s), FeedMerger(FEED_ORDER)) for s in sites
         }
@@ -126,10 +136,15 @@ class Pipeline:
         release and decide what the merge allows. Rows go into ``batch`` if given (a group
         commit collecting several steps), else into a new one."""
         res = StepResult(batch=ArchiveBatch() if batch is None else batch)
+        self._horizon = self.future_horizon()
         for m in messages:
             self._accept(m, res)
         self._release(res, idle)
         return res
+
+    def future_horizon(self) -> datetime | None:
+        """The latest event time this worker accepts now (see ``MAX_FUTURE_S``)."""
+        return None if self.max_future_s is None else self._now() + timedelta(seconds=self.max_future_s)
 
     def flush(self, idle: IdleFn, batch: ArchiveBatch | None = None) -> StepResult:
         """Release what the merge can release now (called by the worker's timer)."""
@@ -225,6 +240,10 @@ class Pipeline:
             site_id = got.site_id
         except DecodeError as exc:
             self._dead(m, res, "DecodeError", exc.reason)
+            return
+        horizon = self._horizon
+        if horizon is not None and (t_event := got.event_time()) > horizon:
+            self._dead(m, res, "FutureEvent", future_reason(got, t_event, horizon, self.max_future_s))
             return
         lane = self.lanes.get(site_id)
         if lane is None:

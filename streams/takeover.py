@@ -184,6 +184,7 @@ def rebuild_partition(pipeline: Pipeline, partition: int, history: Iterable[Inco
     """
     by_site: dict[str, list[tuple[Any, int, int, str, Any]]] = {}
     rank = {name: i for i, name in enumerate(FEED_ORDER)}
+    horizon = pipeline.future_horizon()
     for m in history:
         feed = pipeline.feed_by_topic.get(m.topic)
         if feed is None:
@@ -195,6 +196,8 @@ def rebuild_partition(pipeline: Pipeline, partition: int, history: Iterable[Inco
             continue
         if recs[0].site_id not in pipeline.lanes:
             continue
+        if horizon is not None and max(r.event_time() for r in recs) > horizon:
+            continue  # dead-lettered as a FutureEvent by the worker that read it (Pipeline._accept)
         for rec in recs:
             batch.add_input(feed.name, rec, topic=m.topic, partition=m.partition, offset=m.offset, late=False)
             # the archive's restore order: event time, feed order, offset (sinks.archive)

@@ -77,7 +77,7 @@ class DispatchWorker:
         self.settings = settings
         self.app = create_app(settings)
         install_batch_transport(self.app, self._on_batch, settings.fetch_max_wait_s, settings.step_max)
-        self.pipeline = Pipeline(settings.sites, settings.topics)
+        self.pipeline = Pipeline(settings.sites, settings.topics, max_future_s=settings.max_future_s)
         self.archive = archive or Archive(settings.db)
         from sinks.views import register_sites  # hedge terms for the archive's P&L views
 

@@ -5,7 +5,7 @@ telemetry, and the boundary fast path's query."""
 from __future__ import annotations
 
 import random
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import orjson
 import pytest
@@ -86,6 +86,36 @@ def test_a_bad_message_does_not_stop_the_others():
     good = [msg(named(e), encode(e), offset=i) for i, e in enumerate(events())]
     res = p.ingest(good[:5] + [msg("grid_prices", b"garbage")] + good[5:], ALL_IDLE)
     assert res.dead_letters == 1 and res.accepted == len(good)
+
+
+def test_an_event_stamped_ahead_of_the_clock_is_dead_lettered_and_decisions_go_on():
+    # a price stamped in 2099 (a valid timestamp) among real ones: accepted, it would move the
+    # site's clock past every real event and nothing would be decided again
+    now = f.T0 + timedelta(hours=3)
+    p = Pipeline([SITE], TOPICS, now=lambda: now)
+    ev = events()
+    bad = f.rt_price(0, 30.0, t0=datetime(2099, 1, 1, tzinfo=timezone.utc))
+    soon = f.rt_price(0, 30.0, t0=now + timedelta(minutes=30))  # published 45 min ahead: clock skew
+    msgs = [msg(named(e), encode(e), offset=i) for i, e in enumerate(ev)]
+    res = p.ingest(msgs[:3] + [msg("grid_prices", encode(bad), offset=99)] + msgs[3:], ALL_IDLE)
+    assert res.dead_letters == 1 and res.accepted == len(ev)
+    (dl,) = [orjson.loads(o.value) for o in res.outgoing if o.topic == TOPICS.dead_letters]
+    assert dl["error_type"] == "FutureEvent" and dl["source_offset"] == 99
+    assert "GridPrice: event time 2099-01-01T00:15:00+00:00 is" in dl["reason"] and "h ahead" in dl["reason"]
+    assert [a.interval_start for a in res.actions] == [a.interval_start for a in run_in_process(SITE, ev)]
+    assert p.ingest([msg("grid_prices", encode(soon), offset=100)], ALL_IDLE).dead_letters == 0
+
+
+def test_a_batch_with_one_sample_ahead_of_the_clock_is_dead_lettered_whole():
+    now = f.T0 + timedelta(hours=3)
+    samples = [f.gpu_sample("j1", minute=0), f.gpu_sample("j2", minute=24 * 60)]
+    raw = encode(GpuTelemetryBatch(site_id="sample", samples=samples))
+    res = Pipeline([SITE], TOPICS, now=lambda: now).ingest([msg("gpu_telemetry", raw)], ALL_IDLE)
+    assert res.dead_letters == 1 and res.accepted == 0
+    assert orjson.loads(res.outgoing[0].value)["reason"].startswith("GpuSamples: event time")
+    # a simulation running ahead of the wall clock turns the check off
+    res = Pipeline([SITE], TOPICS, now=lambda: now, max_future_s=None).ingest([msg("gpu_telemetry", raw)], ALL_IDLE)
+    assert res.dead_letters == 0 and res.accepted == 2
 
 
 # -- event-time merge -----------------------------------------------------------------------
