@@ -39,7 +39,7 @@ import faust
 from faust.types import TP
 
 from sinks.archive import Archive, ArchiveBatch, ArchiveError
-from streams.app import WorkerSettings, create_app
+from streams.app import MAX_FUTURE_S, WorkerSettings, create_app
 from streams.batching import BatchConsumer, install_batch_transport
 from streams.pipeline import Pipeline, StepResult
 from streams.takeover import Coverage, read_published_actions, read_until, rebuild_partition
@@ -504,14 +504,14 @@ def tune_gc() -> None:
 
 def run_worker(kafka: str, db: str, site_files: Sequence[str] | None = None, partitions: int | None = None,
                group: str = "wattmix-worker", topic_suffix: str = "", web_port: int | None = None,
-               web_bind: str = "127.0.0.1") -> int:
+               web_bind: str = "127.0.0.1", max_future_s: float | None = MAX_FUTURE_S) -> int:
     """``wattmix worker``: ensure topics exist, then run until SIGINT/SIGTERM."""
     from wattmix.broker import ensure_topics
 
     kw = {"partitions": partitions} if partitions else {}
     settings = WorkerSettings.from_args(kafka=kafka, db=db, site_files=list(site_files or []),
                                         topic_suffix=topic_suffix, app_id=group, web_port=web_port,
-                                        web_bind=web_bind, **kw)
+                                        web_bind=web_bind, max_future_s=max_future_s, **kw)
     asyncio.run(ensure_topics(settings.kafka, settings.topics.all, settings.partitions))
     worker = DispatchWorker(settings)
     log.info("wattmix worker: sites %s, archive %s", [s.site_id for s in settings.sites], settings.db)

@@ -36,7 +36,16 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
     return run_worker(kafka=args.kafka, db=args.db, site_files=args.site, partitions=args.partitions,
                       group=args.group, topic_suffix=args.topic_suffix, web_port=args.web_port,
-                      web_bind=args.web_bind)
+                      web_bind=args.web_bind, max_future_s=args.max_future_s)
+
+
+def _seconds_or_off(text: str) -> float | None:
+    if text.strip().lower() in ("off", "none"):
+        return None
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected seconds > 0 or 'off', got {text!r}")
+    return value
 
 
 def _cmd_actuator(args: argparse.Namespace) -> int:
@@ -115,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--web-bind", default=os.environ.get("WATTMIX_WEB_BIND", "127.0.0.1"),
                    help="address the web server binds (env WATTMIX_WEB_BIND; default 127.0.0.1, "
                         "0.0.0.0 in a container; the dashboard has no authentication)")
+    w.add_argument("--max-future-s", type=_seconds_or_off,
+                   default=_seconds_or_off(os.environ.get("WATTMIX_MAX_FUTURE_S", "3600")),
+                   help="dead-letter events stamped more than this many seconds ahead of the wall clock "
+                        "(env WATTMIX_MAX_FUTURE_S; default 3600; 'off' for a simulation ahead of real time)")
     w.set_defaults(func=_cmd_worker)
 
     a = sub.add_parser("actuator", help="carry out actions on miners and GPU jobs, report on wattmix.actuations")

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import orjson
@@ -20,9 +21,11 @@ from wattmix.demo import committed_offsets
 from wattmix.demo import stop_worker as _stop
 
 
-def start_worker(bootstrap: str, db: Path, group: str, topic_suffix: str, log: Path) -> subprocess.Popen:
+def start_worker(bootstrap: str, db: Path, group: str, topic_suffix: str, log: Path,
+                 extra: Sequence[str] = ()) -> subprocess.Popen:
+    """``wattmix worker`` in its own process group (``extra``: more command-line options)."""
     cmd = [sys.executable, "-m", "wattmix", "worker", "--kafka", bootstrap, "--db", str(db),
-           "--group", group, "--topic-suffix", topic_suffix]
+           "--group", group, "--topic-suffix", topic_suffix, *extra]
     return subprocess.Popen(cmd, stdout=open(log, "ab"), stderr=subprocess.STDOUT,
                             env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True)
 
