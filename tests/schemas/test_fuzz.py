@@ -10,10 +10,11 @@ pydantic models do, with the same values and the same reasons.
 from __future__ import annotations
 
 import math
+from datetime import datetime, timedelta, timezone
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from pydantic import ConfigDict, TypeAdapter, ValidationError
@@ -273,3 +274,38 @@ def test_pipeline_dead_letters_every_bad_message_and_never_raises(msgs):
     assert len(dls) == res.dead_letters
     assert all(d["reason"] and d["error_type"] for d in dls)
     assert res.batch.counts().get("dead_letters", 0) == res.dead_letters
+
+
+_EVENT_TIME_FIELD = {"grid_prices": "published_at", "dr_events": "issued_at", "hashprice": "published_at",
+                     "gpu_telemetry": "observed_at"}
+_WORKER_NOW = datetime(2025, 1, 1, tzinfo=timezone.utc)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(feed=st.sampled_from(sorted(GOOD)),
+       offset_h=st.one_of(st.integers(-24 * 365 * 20, 24 * 365 * 74), st.integers(-3, 3)),
+       extra_min=st.sampled_from([0, 15, 30, 45]))
+def test_events_stamped_ahead_of_the_workers_clock_are_dead_lettered_and_only_those(feed, offset_h, extra_min):
+    """Every timestamp of a valid record moved so that its event time is ``offset`` away from
+    the worker's clock (keeping the record valid): more than MAX_FUTURE_S ahead -> a FutureEvent
+    dead letter with a reason; anything earlier (a replay of 2005, a sample 45 min early) accepted."""
+    from streams.app import MAX_FUTURE_S
+
+    rec = dict(GOOD[feed])
+    offset = timedelta(hours=offset_h, minutes=extra_min)
+    shift = _WORKER_NOW + offset - datetime.fromisoformat(rec[_EVENT_TIME_FIELD[feed]])
+    for k, v in rec.items():
+        if isinstance(v, str) and len(v) == 25 and v[10] == "T":
+            rec[k] = (datetime.fromisoformat(v) + shift).isoformat()
+    stamps = [datetime.fromisoformat(v) for v in rec.values() if isinstance(v, str) and len(v) == 25 and v[10] == "T"]
+    assume(all(datetime(2000, 1, 1, tzinfo=timezone.utc) <= s < datetime(2100, 1, 1, tzinfo=timezone.utc) for s in stamps))
+    decode(FEEDS[feed].model, orjson.dumps(rec))  # still a valid record
+    topics = TopicNames("")
+    pipe = Pipeline([load_sample_site()], topics, now=lambda: _WORKER_NOW)
+    res = pipe.ingest([Incoming(topics.feed(feed), 0, 0, b"sample", orjson.dumps(rec))], lambda t, p: True)
+    if offset > timedelta(seconds=MAX_FUTURE_S):
+        assert (res.dead_letters, res.accepted) == (1, 0)
+        dl = orjson.loads(res.outgoing[-1].value)
+        assert dl["error_type"] == "FutureEvent" and "ahead of this worker's clock" in dl["reason"]
+    else:
+        assert (res.dead_letters, res.accepted) == (0, 1)
