@@ -73,7 +73,9 @@ class RestoreReport:
 
 def future_reason(rec: Any, t: datetime, horizon: datetime, max_future_s: float | None) -> str:
     ahead = t - (horizon - timedelta(seconds=max_future_s or 0.0))
-    return (f"{type(rec).__name__}: event time {t.isoformat()} is {ahead.total_seconds() / 3600:,.1f} h ahead of "
+    # a person reads the wire record's name, not the decoder's internal batch type
+    what = f"GpuTelemetry batch of {len(rec)} samples, newest" if isinstance(rec, GpuSamples) else type(rec).__name__
+    return (f"{what}: event time {t.isoformat()} is {ahead.total_seconds() / 3600:,.1f} h ahead of "
             f"this worker's clock (at most {max_future_s or 0:g} s accepted): a producer clock or unit error")
 
 
