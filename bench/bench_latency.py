@@ -38,7 +38,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_stream_lib import ROOT, WorkerProc, create_topics, machine_line, topics_for  # noqa: E402
+from bench_stream_lib import (ROOT, WorkerProc, add_worker_args, create_topics, machine_line, topics_for,  # noqa: E402
+                              worker_args)
 
 T0 = datetime(2025, 1, 6, tzinfo=timezone.utc)
 STEP = timedelta(minutes=15)
@@ -161,7 +162,7 @@ def latency_rig(args: argparse.Namespace, name: str, seconds: float, trace: Path
         topics = topics_for(suffix)
         create_topics(bs, topics.values())
         wall0 = time.time()
-        extra = [x for s in args.set for x in ("--set", s)] + ["--gc", args.gc]
+        extra = worker_args(args)
         # the worker first joins its group and reads one hashprice; the load starts after that
         asyncio.run(_send_hashprice(bs, topics["hashprice"], args.site, EventClock(args.interval_s, wall0)))
         env_before = dict(os.environ)
@@ -289,9 +290,7 @@ def latency_line(lat: list[float]) -> str:
 def add_rig_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--rate", type=int, default=10_000, help="background GPU telemetry msg/s")
     ap.add_argument("--interval-s", type=float, default=0.5, help="wall seconds per 15-min interval")
-    ap.add_argument("--set", action="append", default=[], help="WorkerSettings field=value")
-    ap.add_argument("--gc", choices=("tuned", "default"), default="tuned",
-                    help="worker's GC thresholds: wattmix worker's (tuned) or Python's (default), for A/B")
+    add_worker_args(ap)
 
 
 def main() -> None:

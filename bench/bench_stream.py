@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_stream_lib import (  # noqa: E402
     ROOT,
     WorkerProc,
+    add_worker_args,
     batch_telemetry,
     create_topics,
     dumps,
@@ -47,6 +48,7 @@ from bench_stream_lib import (  # noqa: E402
     site_ids,
     topics_for,
     wait_events,
+    worker_args,
 )
 
 
@@ -139,12 +141,10 @@ def main() -> None:
     ap.add_argument("--scaleout-days", type=int, default=3, help="days per site (4 sites; >= 3)")
     ap.add_argument("--profile", default=None, help="py-spy speedscope output for the mixed worker (with "
                     "--only batched: of the batched workers, FILE.rows.json and FILE.columns.json)")
-    ap.add_argument("--set", action="append", default=[], help="WorkerSettings field=value for the workers")
-    ap.add_argument("--gc", choices=("tuned", "default"), default="tuned",
-                    help="workers' GC thresholds: wattmix worker's (tuned) or Python's (default), for A/B")
+    add_worker_args(ap)
     args = ap.parse_args()
     only = set(args.only.split(","))
-    extra = [x for s in args.set for x in ("--set", s)] + ["--gc", args.gc]
+    extra = worker_args(args)
 
     from wattmix.broker import EmbeddedBroker
 

@@ -23,6 +23,18 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
+def add_worker_args(ap) -> None:
+    """The options passed through to every ``bench_stream_worker.py`` (see :func:`worker_args`)."""
+    ap.add_argument("--set", action="append", default=[], help="WorkerSettings field=value for the workers")
+    ap.add_argument("--gc", choices=("tuned", "default"), default="tuned",
+                    help="workers' GC thresholds: wattmix worker's (tuned) or Python's (default), for A/B")
+
+
+def worker_args(args) -> list[str]:
+    """``bench_stream_worker.py`` options from :func:`add_worker_args`'s."""
+    return [x for s in args.set for x in ("--set", s)] + ["--gc", args.gc]
+
+
 def machine_line() -> str:
     load = os.getloadavg()
     return (f"machine: nproc={os.cpu_count()} {platform.machine()} load1={load[0]:.2f} load5={load[1]:.2f} "
