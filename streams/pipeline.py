@@ -71,12 +71,13 @@ class RestoreReport:
     resumed_after: datetime | None = None
 
 
-def future_reason(rec: Any, t: datetime, horizon: datetime, max_future_s: float | None) -> str:
-    ahead = t - (horizon - timedelta(seconds=max_future_s or 0.0))
+def future_reason(rec: Any, t: datetime, horizon: datetime, max_future_s: float) -> str:
+    """The dead letter's reason for ``rec`` stamped ``t``, past ``horizon`` = clock + max_future_s."""
+    ahead = t - horizon + timedelta(seconds=max_future_s)
     # a person reads the wire record's name, not the decoder's internal batch type
     what = f"GpuTelemetry batch of {len(rec)} samples, newest" if isinstance(rec, GpuSamples) else type(rec).__name__
     return (f"{what}: event time {t.isoformat()} is {ahead.total_seconds() / 3600:,.1f} h ahead of "
-            f"this worker's clock (at most {max_future_s or 0:g} s accepted): a producer clock or unit error")
+            f"this worker's clock (at most {max_future_s:g} s accepted): a producer clock or unit error")
 
 
 #: idle(topic, partition) -> True when that partition has nothing left to read right now

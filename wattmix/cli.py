@@ -34,9 +34,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_worker(args: argparse.Namespace) -> int:
     from streams.worker import run_worker
 
+    kw = {} if args.max_future_s is _WORKER_DEFAULT else {"max_future_s": args.max_future_s}
     return run_worker(kafka=args.kafka, db=args.db, site_files=args.site, partitions=args.partitions,
                       group=args.group, topic_suffix=args.topic_suffix, web_port=args.web_port,
-                      web_bind=args.web_bind, max_future_s=args.max_future_s)
+                      web_bind=args.web_bind, **kw)
+
+
+#: an option not given: the worker setting's own default applies (one source of the value)
+_WORKER_DEFAULT = object()
 
 
 def _seconds_or_off(text: str) -> float | None:
@@ -124,10 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--web-bind", default=os.environ.get("WATTMIX_WEB_BIND", "127.0.0.1"),
                    help="address the web server binds (env WATTMIX_WEB_BIND; default 127.0.0.1, "
                         "0.0.0.0 in a container; the dashboard has no authentication)")
+    # argparse converts a string default (the env value) with ``type`` at parse time, and only
+    # for this command
     w.add_argument("--max-future-s", type=_seconds_or_off,
-                   default=_seconds_or_off(os.environ.get("WATTMIX_MAX_FUTURE_S", "3600")),
+                   default=os.environ.get("WATTMIX_MAX_FUTURE_S", _WORKER_DEFAULT),
                    help="dead-letter events stamped more than this many seconds ahead of the wall clock "
-                        "(env WATTMIX_MAX_FUTURE_S; default 3600; 'off' for a simulation ahead of real time)")
+                        "(env WATTMIX_MAX_FUTURE_S; default: one hour, streams.app.MAX_FUTURE_S; "
+                        "'off' for a simulation ahead of real time)")
     w.set_defaults(func=_cmd_worker)
 
     a = sub.add_parser("actuator", help="carry out actions on miners and GPU jobs, report on wattmix.actuations")
