@@ -62,10 +62,13 @@ class EventClock:
 
 
 def telemetry_main(args: argparse.Namespace) -> None:
-    """Subprocess: ``--rate`` GPU samples/s for 1,000 jobs, stamped with the event clock.
+    """Subprocess: ``--rate`` GPU samples/s for 1,000 jobs, stamped with the event clock, one
+    sample per message or, with ``--per-message N``, N per GpuTelemetryColumns message (the
+    exporters' form).
 
     One record batch per 10 ms tick (``create_batch``/``send_batch``): the load generator shares
     the 2 cores with the worker it loads, and per-message ``send`` cost it ~3x the CPU."""
+    import orjson
     from aiokafka import AIOKafkaProducer
     from aiokafka.partitioner import DefaultPartitioner
 
@@ -74,6 +77,15 @@ def telemetry_main(args: argparse.Namespace) -> None:
     tmpl = [('{"schema_version":1,"site_id":"%s","job_id":"job-%04d","gpu_class":"%s","gpus":8,"power_kw":10.2,'
              '"utilization":0.9,"state":"running","observed_at":"' % (args.site, j, classes[j % 3])).encode()
             for j in range(1000)]
+
+    per_message = max(1, args.per_message)
+
+    def columns_message(jobs: list[int], ts: str) -> bytes:
+        n = len(jobs)
+        return orjson.dumps({"schema_version": 1, "site_id": args.site, "columns": {
+            "job_id": [f"job-{j:04d}" for j in jobs], "gpu_class": [classes[j % 3] for j in jobs],
+            "gpus": [8] * n, "power_kw": [10.2] * n, "utilization": [0.9] * n, "state": ["running"] * n,
+            "observed_at": [ts] * n}})
 
     async def run() -> None:
         p = AIOKafkaProducer(bootstrap_servers=args.kafka, acks="all", max_batch_size=1024 * 1024,
@@ -90,9 +102,15 @@ def telemetry_main(args: argparse.Namespace) -> None:
             while time.time() < args.until:
                 ts = clock.at(time.time()).isoformat().encode()
                 batch = p.create_batch()
-                for _ in range(per_tick):
-                    batch.append(key=key, value=tmpl[j] + ts + b'"}', timestamp=None)
-                    j = (j + 1) % 1000
+                if per_message == 1:
+                    for _ in range(per_tick):
+                        batch.append(key=key, value=tmpl[j] + ts + b'"}', timestamp=None)
+                        j = (j + 1) % 1000
+                else:
+                    for lo in range(0, per_tick, per_message):
+                        jobs = [(j + i) % 1000 for i in range(min(per_message, per_tick - lo))]
+                        j = (j + len(jobs)) % 1000
+                        batch.append(key=key, value=columns_message(jobs, ts.decode()), timestamp=None)
                 await p.send_batch(batch, args.topic, partition=partition)
                 next_t += tick
                 delay = next_t - time.time()
@@ -184,6 +202,7 @@ def latency_rig(args: argparse.Namespace, name: str, seconds: float, trace: Path
         until = time.time() + seconds
         tele = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--telemetry", "--kafka", bs,
                                  "--topic", topics["gpu_telemetry"], "--site", args.site, "--rate", str(args.rate),
+                                 "--per-message", str(args.per_message),
                                  "--interval-s", str(args.interval_s), "--wall0", str(wall0),
                                  "--until", str(until)], cwd=str(ROOT))
         try:
@@ -287,8 +306,18 @@ def latency_line(lat: list[float]) -> str:
             f"p99 {pct(lat, 99):.1f} ms  max {max(lat):.1f} ms  mean {statistics.fmean(lat):.1f} ms")
 
 
+def load_line(args: argparse.Namespace) -> str:
+    """The background load asked for, in words."""
+    if args.per_message <= 1:
+        return f"{args.rate:,} samples/s requested (one per message)"
+    return (f"{args.rate:,} samples/s requested as {args.per_message}-sample column messages "
+            f"({args.rate / args.per_message:,.0f} msg/s)")
+
+
 def add_rig_args(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--rate", type=int, default=10_000, help="background GPU telemetry msg/s")
+    ap.add_argument("--rate", type=int, default=10_000, help="background GPU telemetry samples/s")
+    ap.add_argument("--per-message", type=int, default=1,
+                    help="GPU samples per telemetry message (1: GpuTelemetry; N > 1: GpuTelemetryColumns of N)")
     ap.add_argument("--interval-s", type=float, default=0.5, help="wall seconds per 15-min interval")
     add_worker_args(ap)
 
@@ -327,7 +356,7 @@ def main() -> None:
         if not lat:
             print("no latency samples; worker log tail:\n" + log_tail)
             return
-        print(f"settings: {' '.join(args.set) or 'defaults'}; background telemetry {args.rate:,} msg/s requested, "
+        print(f"settings: {' '.join(args.set) or 'defaults'}; background telemetry {load_line(args)}, "
               f"worker consumed {rate:,.0f} msg/s during the run")
         print(latency_line(lat))
         print(cpu)

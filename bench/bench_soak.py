@@ -1,7 +1,8 @@
 """Soak: resident memory of the worker over a long run at a steady rate (the latency bench's
 set-up: background GPU telemetry + a real-time price every interval, decisions, archive).
 
-    python bench/bench_soak.py --minutes 10 [--rate 10000] [--interval-s 0.5]
+    python bench/bench_soak.py --minutes 10 [--rate 10000] [--per-message 1] [--interval-s 0.5]
+    python bench/bench_soak.py --minutes 10 --rate 25000 --per-message 250   # exporter-style batches
     python bench/bench_soak.py --minutes 0.5            # CI-sized smoke run
 
 RSS (``/proc/PID/status`` VmRSS) is sampled every ``--every`` seconds. Reported: RSS after the
@@ -19,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_latency import add_rig_args, latency_line, latency_rig, measure  # noqa: E402
+from bench_latency import add_rig_args, latency_line, latency_rig, load_line, measure  # noqa: E402
 from bench_stream_lib import machine_line, rss_kb  # noqa: E402
 
 
@@ -64,7 +65,8 @@ def main() -> None:
     base, end = warm[0], samples[-1]
     peak = max(s[1] for s in warm)
     rate = (end[2] - base[2]) / max(end[0] - base[0], 1e-9)
-    print(f"soak {samples[-1][0] / 60:.1f} min, worker {rate:,.0f} msg/s, {end[2]:,} events, {len(lat)} decisions")
+    print(f"soak {samples[-1][0] / 60:.1f} min, load {load_line(args)}: worker {rate:,.0f} msg/s, {end[2]:,} "
+          f"messages, {len(lat)} decisions")
     print(latency_line(lat))
     print(cpu)
     print(f"RSS after warm-up {base[1] / 1024:.0f} MB, end {end[1] / 1024:.0f} MB, peak {peak / 1024:.0f} MB: "

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from dispatch.state import SiteState
 from schemas.action import DispatchAction
@@ -40,6 +40,10 @@ class EngineMemory:
 
     fleets: dict[str, FleetMemory] = field(default_factory=dict)
     classes: dict[GpuClass, ClassMemory] = field(default_factory=dict)
+    # the fleets and gpus lists of the action remembered last: the engine hands out the same
+    # (immutable) lists while the dispatch does not change, and then there is nothing to carry
+    last_fleets: list | None = field(default=None, repr=False, compare=False)
+    last_gpus: list | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def initial(cls, site: SiteConfig) -> "EngineMemory":
@@ -49,8 +53,10 @@ class EngineMemory:
         )
 
 
-@dataclass(frozen=True)
-class DecisionInput:
+class DecisionInput(NamedTuple):
+    """What a policy decides from (a NamedTuple: built once per policy and interval, ~5x
+    cheaper than a frozen dataclass, whose __init__ goes through object.__setattr__)."""
+
     site: SiteConfig
     state: SiteState
     memory: EngineMemory
@@ -76,13 +82,17 @@ def _jobs_to_pause(state: SiteState, c: GpuClass, gpus: int) -> list[str]:
 
 def remember(memory: EngineMemory, action: DispatchAction) -> None:
     """Carry an action's state into the engine memory (hold times, pauses)."""
+    fleets, gpus = action.fleets, action.gpus
+    if fleets is memory.last_fleets and gpus is memory.last_gpus:
+        return
+    memory.last_fleets, memory.last_gpus = fleets, gpus
     t = action.interval_start
-    for f in action.fleets:
+    for f in fleets:
         fm = memory.fleets[f.fleet]
         if f.units_online != fm.units_online:
             fm.units_online = f.units_online
             fm.changed_at = t
-    for g in action.gpus:
+    for g in gpus:
         cm = memory.classes[g.gpu_class]
         paused = g.gpus_demand - g.gpus_running
         if paused > 0 and cm.gpus_paused == 0:

@@ -60,6 +60,8 @@ DA_RAMP_EDGES = (-50.0, -10.0, 10.0, 50.0)
 DA_COARSE = (30.0, 60.0, 100.0)
 VOL_EDGES = (5.0, 10.0, 20.0, 50.0, 100.0, 300.0)
 DAY = timedelta(days=1)
+WEEK = timedelta(days=7)
+HOUR = timedelta(hours=1)
 #: intervals ahead for which the in-spike decay is learned (the policy's 4 h horizon)
 DECAY_HORIZON = 16
 
@@ -233,7 +235,7 @@ class OnlineForecaster:
                   hour: int, quarter: int, wd: int, b: int, tr: int, dg: int) -> list[int]:
         c = self.c
         sp = self.spikes
-        while sp and sp[0] <= t - 7 * DAY:
+        while sp and sp[0] <= t - WEEK:
             sp.popleft()
         day_ago = t - DAY
         r24 = 0
@@ -243,7 +245,7 @@ class OnlineForecaster:
             r24 += 1
         r7 = len(sp)
         rt = state.rt_prices
-        tail = [rt[x] for x in order[-8:]]
+        tail = list(map(rt.__getitem__, order[-8:]))
         nt = len(tail)
         s1 = 0.0
         s2 = 0.0
@@ -254,7 +256,7 @@ class OnlineForecaster:
         v2 = s2 / nt - mu * mu
         vol = math.sqrt(v2) if v2 > 0.0 else 0.0
         py = rt.get(day_ago)
-        da1 = state.da_price_at(t + timedelta(hours=1))
+        da1 = state.da_price_at(t + HOUR)
         dab = 0 if da is None else bisect_right(DA_EDGES, da) + 1
         da1b = 0 if da1 is None else bisect_right(DA_EDGES, da1) + 1
         ramp = 2 if da is None or da1 is None else bisect_right(DA_RAMP_EDGES, da1 - da)

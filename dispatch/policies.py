@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from operator import itemgetter
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -120,6 +121,10 @@ class _SiteCtx:
         self.hedge_q = site.hedge.quantity_mw if site.hedge else 0.0
         self.hedge_k = site.hedge.price_usd_mwh if site.hedge else 0.0
         self.dr_payment = sum(p.committed_mw * p.capacity_payment_usd_mw_h for p in site.dr_programs) * self.h
+
+
+#: what of a GPU class plan [cfg, demand, mw_gpu, running, tier] keys the static cache
+_PLAN_KEY = itemgetter(1, 2, 3, 4)
 
 
 def _plus(path: list[float], adders: list[float] | None) -> list[float]:
@@ -249,12 +254,11 @@ class PlanningCore:
         return self._ctx  # type: ignore[return-value]
 
     def decide(self, inp: DecisionInput) -> DispatchAction:
-        site, state, mem, t = inp.site, inp.state, inp.memory, inp.interval_start
-        cx = self.ctx(site)
-        last = state.last_rt
-        if last is None:
+        site, state, mem, t = inp
+        cx = self._ctx if self._ctx_site is site else self.ctx(site)
+        if not state.rt_order:
             raise EngineError("no real-time price known: the clock must not start before the first price")
-        p_known = last[1]
+        p_known = state.rt_prices[state.rt_order[-1]]
         raw = self.price_path(inp, p_known)   # expected prices (the P&L uses these)
         prices = raw                           # decision prices (+ a 4CP alert's value)
         p_exp = raw[0]
@@ -262,7 +266,7 @@ class PlanningCore:
         reasons: list[str] = []
         hp = state.hashprice.usd_per_ph_day if state.hashprice is not None else None
         upcoming = state.upcoming_obligations(t) if state.dr_events else []
-        in_force = [e for e in upcoming if e.start <= t and e.obligation_kind != "advisory"]
+        in_force = [e for e in upcoming if e.start <= t and e.obligation_kind != "advisory"] if upcoming else upcoming
         adders = None
         if upcoming and cx.fourcp_rate:
             adv = [e for e in upcoming if e.obligation_kind == "advisory" and e.start < t + cx.step * self.horizon]
@@ -420,12 +424,13 @@ class PlanningCore:
         if shortfall:
             reasons.append(f"shortfall {shortfall:.2f} MW: load cannot go below {total:.2f} MW")
 
-        # -- pause costs ----------------------------------------------------------------
+        # -- pause costs (only a class running fewer GPUs than it wants can start a pause) ----
         pause_cost = 0.0
         for cl in cx.classes:
             g = gplans[cl.name]
-            newly = max((g[1] - g[3]) - mem.classes[cl.name].gpus_paused, 0)
-            pause_cost += newly * cl.pause_cost_per_gpu
+            if g[3] < g[1]:
+                newly = max((g[1] - g[3]) - mem.classes[cl.name].gpus_paused, 0)
+                pause_cost += newly * cl.pause_cost_per_gpu
         return self._action(cx, state, t, p_known, p_exp, hp, units, gplans, total, limit, in_force,
                             shortfall, pause_cost, reasons)
 
@@ -454,7 +459,7 @@ class PlanningCore:
     def _static(self, cx: _SiteCtx, state: SiteState, hp, units, gplans, total, limit, in_force, shortfall):
         """The price-independent part of an action: (fleets, gpus, mining $, gpu $, paused jobs,
         dr, penalty rate). Cached: between two changes of the dispatch it is the same objects."""
-        key = (hp, tuple(units.values()), tuple((g[1], g[2], g[3], g[4]) for g in gplans.values()),
+        key = (hp, tuple(units.values()), tuple(map(_PLAN_KEY, gplans.values())),
                total, limit, shortfall, tuple(e.event_id for e in in_force) if in_force else ())
         hit = self._st.get(key) if not state.gpu_jobs else None
         if hit is not None:

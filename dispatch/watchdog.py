@@ -33,8 +33,21 @@ from schemas.site import SiteConfig
 
 PREFIX = "WATCHDOG: "
 
+#: (interval, price limit min, hashprice limit h) -> the RT price's interval start age and the
+#: hashprice age past which a feed may be stale, as timedeltas
+_limits: dict[tuple, tuple[timedelta, timedelta]] = {}
+
 
 def stale_reasons(site: SiteConfig, state: SiteState, t: datetime) -> list[str]:
+    key = (site.interval_minutes, site.watchdog_price_minutes, site.watchdog_hashprice_hours)
+    limits = _limits.get(key)
+    if limits is None:
+        limits = _limits[key] = (timedelta(minutes=key[0] + key[1]), timedelta(hours=key[2]))
+    # asked every interval, and nearly always nothing is stale: two comparisons say so (strictly
+    # inside the limits; at a limit the exact float arithmetic below decides)
+    order, hp = state.rt_order, state.hashprice
+    if (not order or t - order[-1] < limits[0]) and (hp is None or t - hp.published_at < limits[1]):
+        return []
     out = []
     last = state.last_rt
     if last is not None:

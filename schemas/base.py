@@ -74,9 +74,18 @@ def trusted(cls: type[BaseModel], values: dict[str, Any]) -> Any:
     its final type), ~20x cheaper: callers must have applied the model's checks themselves
     (the engine for the records it computes, the readers after their own column checks).
     """
-    obj = cls.__new__(cls)
-    object.__setattr__(obj, "__dict__", values)
-    object.__setattr__(obj, "__pydantic_fields_set__", set(values))
-    object.__setattr__(obj, "__pydantic_extra__", None)
-    object.__setattr__(obj, "__pydantic_private__", None)
+    obj = _new(cls)
+    _set_dict(obj, "__dict__", values)
+    _set_fields_set(obj, set(values))
+    _set_extra(obj, None)
+    _set_private(obj, None)
     return obj
+
+
+# BaseModel's slots set through their descriptors, without object.__setattr__'s lookup by
+# name (trusted() builds two models per decision: ~0.5 us saved on each)
+_new = object.__new__
+_set_dict = object.__setattr__
+_set_fields_set = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
+_set_private = BaseModel.__dict__["__pydantic_private__"].__set__

@@ -182,3 +182,46 @@ def test_forked_processes_give_the_serial_results():
     for a, b in zip(serial, forked):
         assert a.table.equals(b.table) and a.totals == b.totals and a.unsettled == b.unsettled == 7
         assert len(a.latency_ns) == len(b.latency_ns) == 2 * 96 - 1
+
+
+def test_backtest_writes_each_process_runs_as_they_finish_with_the_tables_of_write_db(tmp_path):
+    # backtest(db=...) writes this process's group while the forked one still runs, then the
+    # other group and the summary: the same tables as writing everything at the end
+    import duckdb
+
+    from dispatch.backtest import Inputs, backtest, summary_rows, write_db
+    from schemas.site import load_sample_site
+
+    site = load_sample_site()
+    records, realized = _scenario()
+    rep = backtest(site, Inputs(records, realized), jobs=2, db=tmp_path / "a.duckdb")
+    assert rep["db"] == str(tmp_path / "a.duckdb") and rep["timing"]["write_seconds"] > 0
+    write_db(tmp_path / "b.duckdb", rep["_runs"], summary_rows(rep))
+    tables = []
+    for name in ("a", "b"):
+        con = duckdb.connect(str(tmp_path / f"{name}.duckdb"), read_only=True)
+        tables.append((con.execute("SELECT * FROM decisions ORDER BY policy, interval_start").fetchall(),
+                       con.execute("SELECT * FROM backtest_summary ORDER BY policy").fetchall()))
+        con.close()
+    assert tables[0] == tables[1]
+    assert len(tables[0][0]) == 5 * (2 * 96 - 1 - 7) and len(tables[0][1]) == 5
+
+
+class _Broken:
+    name = "broken"
+
+    def decide(self, inp):
+        from wattmix.errors import EngineError
+
+        raise EngineError(f"broken at {inp.interval_start.isoformat()}")
+
+
+def test_a_failure_in_the_forked_process_is_raised_here():
+    from dispatch.backtest import Inputs, run_all
+    from schemas.site import load_sample_site
+    from wattmix.errors import EngineError
+
+    records, realized = _scenario()
+    policies = [("broken", _Broken()), ("always_on", _policies(realized)[1][1])]
+    with pytest.raises(EngineError, match="broken at 2024-"):
+        run_all(load_sample_site(), Inputs(records, realized), policies, jobs=2)

@@ -59,3 +59,31 @@ def test_late_event_is_flagged_and_does_not_change_published_decisions():
     assert out.actions and not out.late
     late = p.process(f.gpu_sample("trn-9", minute=20))
     assert late.late and late.actions == []
+
+
+def test_remember_skips_an_action_that_repeats_the_last_dispatch_objects_only():
+    # the engine hands out the same (cached) fleets/gpus lists while nothing changes: then
+    # nothing is carried; any other list (a watchdog's copy, a change) is carried in full
+    from itertools import pairwise
+
+    from dispatch.engine import EngineMemory, remember
+    from dispatch.policies import MyopicPolicy
+    from dispatch.processor import SiteProcessor
+    from schemas.site import load_sample_site
+
+    site = load_sample_site()
+    proc = SiteProcessor(site, MyopicPolicy())
+    actions = []
+    for e in [f.hashprice(54.3)] + [f.rt_price(i, p) for i, p in enumerate([40.0, 40.0, 500.0, 500.0, 40.0, 40.0])]:
+        actions.extend(proc.process(e).actions)
+    assert any(a.fleets is b.fleets for a, b in pairwise(actions))  # unchanged: one cached list
+    assert any(a.fleets is not b.fleets for a, b in pairwise(actions))
+    mem = EngineMemory.initial(site)
+    for a in actions:
+        remember(mem, a)
+    fresh = EngineMemory.initial(site)
+    for a in actions:  # the same actions with copied lists: never skipped
+        remember(fresh, a.model_copy(update={"fleets": list(a.fleets), "gpus": list(a.gpus)}))
+    assert mem.fleets == fresh.fleets and mem.classes == fresh.classes
+    assert {n: fm.units_online for n, fm in mem.fleets.items()} == {fl.fleet: fl.units_online for fl in actions[-1].fleets}
+    assert any(fm.changed_at is not None for fm in mem.fleets.values())

@@ -78,3 +78,21 @@ def test_demand_power_does_not_depend_on_fold_order():
     for i, kw in reversed(list(enumerate(kws))):
         b.fold(f.gpu_sample(f"j{i}", power_kw=kw))
     assert a.gpu_demand()["training"].power_kw == b.gpu_demand()["training"].power_kw == 0.6
+
+
+def test_da_price_lookup_remembers_period_starts_not_prices():
+    # da_price_at caches each instant's DA period start: a price folded (or revised) later is
+    # seen at once, and a change of the DA period length re-derives the starts
+    state = SiteState(site_id="sample")
+    t = f.T0 + timedelta(minutes=45)
+    assert state.da_price_at(t) is None
+    state.fold(f.da_price(0, 30.0))
+    assert state.da_price_at(t) == 30.0
+    state.fold(f.da_price(0, 31.0))
+    assert state.da_price_at(t) == 31.0
+    quarter = f.da_price(0, 99.0).model_copy(update={"interval_start": f.T0 + timedelta(minutes=30),
+                                                     "interval_minutes": 15})
+    state.fold(quarter)
+    assert state.da_minutes == 15
+    assert state.da_price_at(t) is None                      # 00:45 is its own 15-min period now
+    assert state.da_price_at(f.T0 + timedelta(minutes=30)) == 99.0

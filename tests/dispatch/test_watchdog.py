@@ -131,3 +131,27 @@ def test_watchdog_is_deterministic_and_survives_the_wire_and_the_archive(tmp_pat
         (n,) = arc.connection().execute("SELECT count(*) FROM actions WHERE json_extract(payload, '$.watchdog')::BOOLEAN").fetchone()
     assert n == len(tripped)
     assert len(back) == len(a1)
+
+
+def test_stale_check_fast_path_agrees_with_the_limits_to_the_microsecond():
+    # the fast path answers "fresh" strictly inside the limits; at and past them the full check
+    # decides, so the price limit (60 min after publication) and the hashprice limit hold exactly
+    from dispatch.state import SiteState
+    from dispatch.watchdog import stale_reasons
+
+    site = _site()
+    state = SiteState(site_id=site.site_id)
+    state.fold(f.rt_price(0, 40.0))                 # interval 00:00, published 00:15
+    hp = f.hashprice(54.3)
+    state.fold(hp)
+    published = f.T0 + timedelta(minutes=15)
+    limit = published + timedelta(minutes=site.watchdog_price_minutes)
+    us = timedelta(microseconds=1)
+    assert stale_reasons(site, state, limit - us) == []
+    assert stale_reasons(site, state, limit) == []
+    assert stale_reasons(site, state, limit + us)[0].startswith("WATCHDOG: real-time price feed silent")
+    state2 = SiteState(site_id=site.site_id)
+    state2.fold(hp)
+    hp_limit = hp.published_at + timedelta(hours=site.watchdog_hashprice_hours)
+    assert stale_reasons(site, state2, hp_limit) == []
+    assert stale_reasons(site, state2, hp_limit + us)[0].startswith("WATCHDOG: hashprice stale")
