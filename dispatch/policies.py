@@ -47,9 +47,8 @@ from operator import itemgetter
 from datetime import datetime, timedelta
 from typing import Any
 
-from dispatch.accounting import Terms
 from schemas.base import trusted
-from dispatch.engine import DR_SHED_ORDER, DecisionInput, EngineMemory, _jobs_to_pause
+from dispatch.engine import DR_SHED_ORDER, DecisionInput, DecisionRow, _jobs_to_pause
 from dispatch.state import SiteState
 from schemas.action import DispatchAction, DrStatusInAction, FleetDispatch, GpuClassDispatch, PnlTerms
 from schemas.site import GpuClassConfig, MinerFleet, SiteConfig
@@ -239,9 +238,6 @@ class PlanningCore:
     def mining_on(self, fleet: _Fleet, be: float, prices: list[float], p_known: float) -> bool:
         return prices[0] < be
 
-    def note(self) -> str:
-        return ""
-
     # -- the decision ---------------------------------------------------------------------
     def ctx(self, site: SiteConfig) -> _SiteCtx:
         if self._ctx_site is not site:
@@ -254,6 +250,15 @@ class PlanningCore:
         return self._ctx  # type: ignore[return-value]
 
     def decide(self, inp: DecisionInput) -> DispatchAction:
+        return self._action(*self._plan(inp))
+
+    def decide_row(self, inp: DecisionInput) -> DecisionRow:
+        """``DecisionRow.of(self.decide(inp))``, without building the action (the backtest's
+        baselines: ~4 us less per decision)."""
+        return self._row(*self._plan(inp))
+
+    def _plan(self, inp: DecisionInput) -> tuple:
+        """The decision, as the arguments of :meth:`_action` / :meth:`_row`."""
         site, state, mem, t = inp
         cx = self._ctx if self._ctx_site is site else self.ctx(site)
         if not state.rt_order:
@@ -431,8 +436,7 @@ class PlanningCore:
             if g[3] < g[1]:
                 newly = max((g[1] - g[3]) - mem.classes[cl.name].gpus_paused, 0)
                 pause_cost += newly * cl.pause_cost_per_gpu
-        return self._action(cx, state, t, p_known, p_exp, hp, units, gplans, total, limit, in_force,
-                            shortfall, pause_cost, reasons)
+        return cx, state, t, p_known, p_exp, hp, units, gplans, total, limit, in_force, shortfall, pause_cost, reasons
 
     def _fourcp_adders(self, cx: _SiteCtx, t: datetime, adv: list) -> list[float]:
         """$/MWh that curtailing is worth in each interval of the horizon under 4CP alerts.
@@ -514,9 +518,10 @@ class PlanningCore:
             self._st[key] = out
         return out
 
-    def _action(self, cx: _SiteCtx, state: SiteState, t: datetime, p_known, p_exp, hp, units, gplans,
-                total, limit, in_force, shortfall, pause_cost, reasons) -> DispatchAction:
-        site = cx.site
+    def _expected(self, cx: _SiteCtx, state: SiteState, t: datetime, p_exp, hp, units, gplans, total, limit,
+                  in_force, shortfall, pause_cost, reasons) -> tuple:
+        """The static part and the expected P&L terms: (fleets, gpus, paused jobs, dr, mining $,
+        gpu $, energy $, hedge $, penalty $, net $); says "no change" when nothing else did."""
         h = cx.h
         fleets, gpus, mining_rev, gpu_value, paused_jobs, dr, penalty_rate = self._static(
             cx, state, hp, units, gplans, total, limit, in_force, shortfall)
@@ -527,15 +532,28 @@ class PlanningCore:
         net = mining_rev + gpu_value - energy + hedge + cx.dr_payment - penalty
         if not math.isfinite(net):
             raise EngineError(f"non-finite P&L at {t.isoformat()}: expected price {p_exp!r}")
+        if not reasons:
+            reasons.append(f"no change: expected ${p_exp:,.2f}/MWh")
+        return fleets, gpus, paused_jobs, dr, mining_rev, gpu_value, energy, hedge, penalty, net
+
+    def _row(self, cx: _SiteCtx, state: SiteState, t: datetime, p_known, p_exp, hp, units, gplans,
+             total, limit, in_force, shortfall, pause_cost, reasons) -> DecisionRow:
+        fleets, gpus, _, dr, mining_rev, gpu_value, _, _, penalty, _ = self._expected(
+            cx, state, t, p_exp, hp, units, gplans, total, limit, in_force, shortfall, pause_cost, reasons)
+        site = cx.site
+        return DecisionRow(t, p_known, p_exp, hp, site.interval_minutes, total,
+                           max(cx.hedge_q - total, 0.0) if site.hedge else 0.0, fleets, gpus, dr.limit_mw,
+                           dr.shortfall_mw, mining_rev, gpu_value, cx.dr_payment, penalty, "; ".join(reasons))
+
+    def _action(self, cx: _SiteCtx, state: SiteState, t: datetime, p_known, p_exp, hp, units, gplans,
+                total, limit, in_force, shortfall, pause_cost, reasons) -> DispatchAction:
+        site = cx.site
+        fleets, gpus, paused_jobs, dr, mining_rev, gpu_value, energy, hedge, penalty, net = self._expected(
+            cx, state, t, p_exp, hp, units, gplans, total, limit, in_force, shortfall, pause_cost, reasons)
         terms = trusted(PnlTerms, {
             "schema_version": 1, "mining_revenue_usd": mining_rev, "gpu_value_usd": gpu_value,
             "energy_cost_usd": energy, "hedge_pnl_usd": hedge, "dr_payment_usd": cx.dr_payment,
             "dr_penalty_usd": penalty, "net_usd": net})
-        note = self.note()
-        if not reasons:
-            reasons.append(f"no change: expected ${p_exp:,.2f}/MWh{note}")
-        elif note:
-            reasons.append(note.lstrip("; "))
         return trusted(DispatchAction, {
             "schema_version": 1, "site_id": site.site_id, "interval_start": t,
             "interval_minutes": site.interval_minutes, "engine": self.name,
@@ -634,6 +652,3 @@ class RollingHorizonPolicy(PlanningCore):
         if len(prices) > 1:
             return prices
         return self.forecaster.extend(inp.site, inp.state, inp.interval_start, prices[0], self.horizon)
-
-    def note(self) -> str:
-        return ""

@@ -7,14 +7,21 @@ cannot disagree.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from dispatch import watchdog
 from dispatch.clock import IntervalClock
-from dispatch.engine import DecisionInput, EngineMemory, Policy, remember
+from dispatch.engine import (
+    DecisionInput,
+    DecisionRow,
+    EngineMemory,
+    Policy,
+    remember,
+    remember_dispatch,
+)
 from dispatch.state import SiteState
 from schemas.action import DispatchAction
 from schemas.feeds import FeedRecord, GridPrice
@@ -93,22 +100,31 @@ class SharedPass:
         self.policies = list(policies)
         self.memories = [self.proc.memory] + [EngineMemory.initial(site) for _ in self.policies[1:]]
 
-    def run(self, records: Iterable[FeedRecord], keep: Callable[[DispatchAction], Any] | None = None) -> list[list[Any]]:
+    def run(self, records: Iterable[FeedRecord], rows: bool = False) -> list[list[Any]]:
         """Process event-time-ordered records (``SiteProcessor.process`` for every policy at
         once, without its per-event ``Outcome``); the actions of each policy, in policy order,
-        or ``keep(action)`` of each (what to keep, taken while the action is fresh)."""
+        or with ``rows`` their :class:`DecisionRow`s: a policy with ``decide_row`` (the
+        planning policies) then gives the row without building the action, except when a feed
+        is stale (the watchdog rewrites actions)."""
         proc = self.proc
         site, state, due, event_time, fold = proc.site, proc.state, proc.clock.due, proc._event_time, proc._fold
-        lanes = [(pol, mem, []) for pol, mem in zip(self.policies, self.memories)]
+        lanes = [(pol, mem, [], getattr(pol, "decide_row", None) if rows else None)
+                 for pol, mem in zip(self.policies, self.memories)]
+        row_of = DecisionRow.of
         for r in records:
             t = event_time(r)
             for boundary in due(t):
                 stale = bool(watchdog.stale_reasons(site, state, boundary))
-                for pol, mem, out in lanes:
+                for pol, mem, out, decide_row in lanes:
+                    if decide_row is not None and not stale:
+                        row = decide_row(DecisionInput(site, state, mem, boundary))
+                        remember_dispatch(mem, boundary, row.fleets, row.gpus)
+                        out.append(row)
+                        continue
                     action = decide_one(site, state, mem, pol, boundary, stale)
-                    out.append(action if keep is None else keep(action))
+                    out.append(row_of(action) if rows else action)
             fold(r, t)
-        return [out for _, _, out in lanes]
+        return [out for _, _, out, _ in lanes]
 
 
 def run_in_process(site: SiteConfig, events: list[FeedRecord], policy: Policy | None = None) -> list[DispatchAction]:

@@ -1,6 +1,6 @@
 """The DuckDB archive: idempotent, Arrow-batched, one transaction per batch (see sinks.archive)."""
 
-from sinks.archive import (
+from sinks.archive import (  # noqa: F401  (re-exported: the package exports what the archive exports)
     ARCHIVE_SCHEMA_VERSION,
     TABLES,
     Archive,

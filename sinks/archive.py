@@ -706,17 +706,24 @@ def _reason(exc: BaseException) -> str:
 class Archive:
     """A DuckDB archive file. One writer per file (DuckDB's file lock)."""
 
-    def __init__(self, path: str | Path, *, read_only: bool = False, threads: int | None = WRITER_THREADS) -> None:
+    def __init__(self, path: str | Path, *, read_only: bool = False, threads: int | None = WRITER_THREADS,
+                 memory_limit_mb: int | None = None) -> None:
         """Open (creating the file and tables if absent) the archive at ``path``.
 
         ``threads``: DuckDB worker threads for this database (writers default to 1: measured
         faster for batch ingest on 2 cores, and it leaves the other core to the stream worker;
-        None keeps DuckDB's default, which read-only opens use). Raises :class:`ArchiveError`
-        if the file is locked by another process, is not an archive, or has another version.
+        None keeps DuckDB's default, which read-only opens use). ``memory_limit_mb``: DuckDB's
+        memory limit for this database (None: DuckDB's default, 80% of RAM). DuckDB keeps the
+        blocks it wrote in its buffer pool up to that limit, so without one a long-running
+        writer's memory grows with the archive (measured: +120 MB over 6M rows of 6 columns,
+        flat at a 64 MB limit); past the limit it evicts them (they are on disk) and spills
+        large queries to ``<file>.tmp``. Raises :class:`ArchiveError` if the file is locked by
+        another process, is not an archive, or has another version.
         """
         self.path = Path(path)
         self.read_only = read_only
         self._threads = None if read_only and threads == WRITER_THREADS else threads
+        self._memory_limit_mb = memory_limit_mb
         self._lock = _file_lock(self.path)
         self._con: duckdb.DuckDBPyConnection | None = None     # for queries (connection())
         self._writer: duckdb.DuckDBPyConnection | None = None  # its own cursor: writes only
@@ -739,6 +746,8 @@ class Archive:
         try:
             if self._threads:
                 con.execute(f"SET threads = {int(self._threads)}")
+            if self._memory_limit_mb:
+                con.execute(f"SET memory_limit = '{int(self._memory_limit_mb)}MB'")
             con.execute("SET TimeZone = 'UTC'")
             if self.read_only:
                 self._check_version(con)

@@ -79,6 +79,10 @@ class WorkerSettings:
     archive_interval_s: float = 0.25
     # Events decided but not yet durable (archived + acked) at most; then the fetch loop waits.
     max_inflight_events: int = 40_000
+    # DuckDB memory limit of the worker's archive (0: DuckDB's default, 80% of RAM). Without a
+    # limit the archive's buffer pool keeps what was written, so the worker's memory grows with
+    # the archive (sinks/archive.py Archive); 256 MB leaves room for the dashboard's queries.
+    archive_memory_mb: int = 256
     # Events stamped further ahead of the wall clock go to the dead letters (FutureEvent).
     max_future_s: float | None = MAX_FUTURE_S
     # Fetch size per partition: Faust's default 1 MB caps a fetch at ~5,000 records of 200 B.

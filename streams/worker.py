@@ -78,7 +78,7 @@ class DispatchWorker:
         self.app = create_app(settings)
         install_batch_transport(self.app, self._on_batch, settings.fetch_max_wait_s, settings.step_max)
         self.pipeline = Pipeline(settings.sites, settings.topics, max_future_s=settings.max_future_s)
-        self.archive = archive or Archive(settings.db)
+        self.archive = archive or Archive(settings.db, memory_limit_mb=settings.archive_memory_mb or None)
         from sinks.views import register_sites  # hedge terms for the archive's P&L views
 
         register_sites(self.archive.connection(), settings.sites)

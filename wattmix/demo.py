@@ -24,7 +24,6 @@ from pathlib import Path
 import orjson
 
 from schemas.codec import encode
-from schemas.topics import FEEDS_BY_NAME
 
 WORKER_GROUP = "wattmix-worker"
 

@@ -121,6 +121,23 @@ def test_shared_pass_gives_every_policy_the_decisions_of_its_own_processor():
     assert any(g.gpus_running < g.gpus_demand for x in shared[4] for g in x.gpus if g.gpu_class == "training")
 
 
+def test_rows_without_actions_are_the_rows_of_the_actions():
+    # the backtest's row mode (decide_row: no action built, except when the watchdog rewrites
+    # one) keeps exactly what DecisionRow.of keeps of the actions, for every policy
+    from dispatch.engine import DecisionRow
+    from dispatch.processor import SharedPass
+    from schemas.site import load_sample_site
+
+    site = load_sample_site()
+    records, realized = _scenario()
+    actions = SharedPass(site, [p for _, p in _policies(realized)]).run(records)
+    rows = SharedPass(site, [p for _, p in _policies(realized)]).run(records, rows=True)
+    for acts, rs in zip(actions, rows):
+        assert all(type(r) is DecisionRow for r in rs)
+        assert rs == [DecisionRow.of(a) for a in acts]
+    assert any(a.watchdog for a in actions[0]) and any(a.dr.limit_mw is not None for a in actions[0])
+
+
 def test_settled_table_equals_settle_of_every_action_to_the_bit():
     from dispatch.accounting import settle
     from dispatch.backtest import TERMS, decision_row, settled_table

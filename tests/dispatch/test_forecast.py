@@ -4,7 +4,7 @@ past, and it is a deterministic function of the events it has seen."""
 from __future__ import annotations
 
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta, timezone
 
 import pytest
 

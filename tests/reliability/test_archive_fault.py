@@ -12,7 +12,7 @@ import pytest
 from dispatch.processor import run_in_process
 from schemas.site import load_sample_site
 from streams.worker import FAULT_ARCHIVE_FAILS_ENV
-from tests.reliability.helpers import check_exactly_once, committed, merge_last, start_worker_env
+from tests.reliability.helpers import check_exactly_once, committed, start_worker_env
 from tests.streams.harness import stop_worker, wait_committed, wait_for_actions
 from tests.streams.test_worker_integration import scenario
 from wattmix.demo import publish_events

@@ -607,3 +607,16 @@ def _batch(*, inputs=(), actions=(), dead=()) -> ArchiveBatch:
     for d in dead:
         b.add_dead_letter(d)
     return b
+
+
+def test_memory_limit_bounds_duckdb_and_the_worker_sets_one(tmp_path):
+    # without a limit DuckDB keeps written blocks up to 80% of RAM: a long-running worker's
+    # memory would grow with its archive (bench/bench_soak.py)
+    from streams.app import WorkerSettings
+
+    with Archive(tmp_path / "a.duckdb", memory_limit_mb=64) as arc:
+        limit = arc.connection().execute("SELECT current_setting('memory_limit')").fetchone()[0]
+        assert limit.replace(" ", "") in {"64.0MiB", "61.0MiB", "64MB", "61.0MB"}, limit
+    with Archive(tmp_path / "b.duckdb") as arc:  # not asked: DuckDB's default (GBs here)
+        assert "GiB" in arc.connection().execute("SELECT current_setting('memory_limit')").fetchone()[0]
+    assert WorkerSettings().archive_memory_mb == 256

@@ -24,8 +24,7 @@ from schemas.codec import encode
 from schemas.site import load_sample_site
 from schemas.topics import INPUT_FEEDS
 from tests.readers.test_readers import DAM20, DATA, HP, RTM20
-from wattmix.replay import (FEED_NAMES, Checkpoint, Source, fingerprint, load_events, publish_loaded,
-                            topic_names)
+from wattmix.replay import (FEED_NAMES, Checkpoint, Source, fingerprint, load_events, publish_loaded)
 
 UTC = timezone.utc
 SITE = load_sample_site()
