@@ -38,11 +38,9 @@ def main() -> None:
     ap.add_argument("--gc", choices=("tuned", "default"), default="tuned")
     args = ap.parse_args()
 
-    import faust
-
     from bench_stream_lib import rss_kb, site_config
     from streams.app import TopicNames, WorkerSettings
-    from streams.worker import DispatchWorker, tune_gc
+    from streams.worker import DispatchWorker, serve
 
     kw = {}
     fields = {f.name: f for f in dataclasses.fields(WorkerSettings)}
@@ -79,12 +77,7 @@ def main() -> None:
             st["gc_s"] += time.perf_counter() - gc_started[0]
 
     gc.callbacks.append(gc_timer)
-    if args.gc == "tuned":
-        tune_gc()  # as run_worker does
-    try:
-        faust.Worker(worker.app, loglevel="WARNING").execute_from_commandline()
-    finally:
-        worker.close()
+    serve(worker, "WARNING", gc_tuned=args.gc == "tuned")  # as `wattmix worker` runs it
 
 
 if __name__ == "__main__":

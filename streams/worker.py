@@ -515,9 +515,16 @@ def run_worker(kafka: str, db: str, site_files: Sequence[str] | None = None, par
     asyncio.run(ensure_topics(settings.kafka, settings.topics.all, settings.partitions))
     worker = DispatchWorker(settings)
     log.info("wattmix worker: sites %s, archive %s", [s.site_id for s in settings.sites], settings.db)
-    tune_gc()
+    serve(worker)
+    return 0
+
+
+def serve(worker: DispatchWorker, loglevel: str = "INFO", gc_tuned: bool = True) -> None:
+    """Run a built worker until SIGINT/SIGTERM, then close its archive: with ``gc_tuned`` the
+    start-up heap is frozen and the GC thresholds set first (:func:`tune_gc`)."""
+    if gc_tuned:
+        tune_gc()
     try:
-        faust.Worker(worker.app, loglevel="INFO").execute_from_commandline()
+        faust.Worker(worker.app, loglevel=loglevel).execute_from_commandline()
     finally:
         worker.close()
-    return 0
