@@ -504,11 +504,14 @@ def tune_gc() -> None:
 
 def run_worker(kafka: str, db: str, site_files: Sequence[str] | None = None, partitions: int | None = None,
                group: str = "wattmix-worker", topic_suffix: str = "", web_port: int | None = None,
-               web_bind: str = "127.0.0.1", max_future_s: float | None = MAX_FUTURE_S) -> int:
+               web_bind: str = "127.0.0.1", max_future_s: float | None = MAX_FUTURE_S,
+               archive_memory_mb: int | None = None) -> int:
     """``wattmix worker``: ensure topics exist, then run until SIGINT/SIGTERM."""
     from wattmix.broker import ensure_topics
 
-    kw = {"partitions": partitions} if partitions else {}
+    kw: dict = {"partitions": partitions} if partitions else {}
+    if archive_memory_mb is not None:
+        kw["archive_memory_mb"] = archive_memory_mb
     settings = WorkerSettings.from_args(kafka=kafka, db=db, site_files=list(site_files or []),
                                         topic_suffix=topic_suffix, app_id=group, web_port=web_port,
                                         web_bind=web_bind, max_future_s=max_future_s, **kw)

@@ -35,6 +35,8 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     from streams.worker import run_worker
 
     kw = {} if args.max_future_s is _WORKER_DEFAULT else {"max_future_s": args.max_future_s}
+    if args.archive_memory_mb is not _WORKER_DEFAULT:
+        kw["archive_memory_mb"] = args.archive_memory_mb
     return run_worker(kafka=args.kafka, db=args.db, site_files=args.site, partitions=args.partitions,
                       group=args.group, topic_suffix=args.topic_suffix, web_port=args.web_port,
                       web_bind=args.web_bind, **kw)
@@ -136,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dead-letter events stamped more than this many seconds ahead of the wall clock "
                         "(env WATTMIX_MAX_FUTURE_S; default: one hour, streams.app.MAX_FUTURE_S; "
                         "'off' for a simulation ahead of real time)")
+    w.add_argument("--archive-memory-mb", type=int,
+                   default=os.environ.get("WATTMIX_ARCHIVE_MEMORY_MB", _WORKER_DEFAULT),
+                   help="DuckDB memory limit of the archive, MB (env WATTMIX_ARCHIVE_MEMORY_MB; default 256, "
+                        "streams.app.WorkerSettings.archive_memory_mb; 0: DuckDB's default, 80%% of RAM)")
     w.set_defaults(func=_cmd_worker)
 
     a = sub.add_parser("actuator", help="carry out actions on miners and GPU jobs, report on wattmix.actuations")
