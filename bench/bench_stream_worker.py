@@ -39,6 +39,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from bench_stream_lib import rss_kb, site_config
+
     from streams.app import TopicNames, WorkerSettings
     from streams.worker import DispatchWorker, serve
 
