@@ -532,7 +532,8 @@ def backtest(site: SiteConfig, inputs: Inputs, strike: float = 100.0, policy: st
         report["policies"][r.name] = d
     decisions = sum(len(r.latency_ns) for r in runs)
     # wall_seconds: every policy's pass (decisions, fold, settlement) over the loaded records,
-    # in jobs processes; reading the files and writing DuckDB are load_seconds / total_seconds
+    # in jobs processes, and with ``db`` the decisions' write (write_seconds of it, partly
+    # overlapped); reading the files is load_seconds, everything total_seconds
     report["timing"] = {"wall_seconds": round(wall, 3), "decisions": decisions,
                         "decisions_per_second": round(decisions / wall) if wall > 0 else None,
                         "policy_latency": latency_stats(runs[0].latency_ns),
@@ -588,7 +589,6 @@ def run_backtest_cli(args: argparse.Namespace) -> int:
     rep.pop("_runs")
     rep["timing"]["load_seconds"] = round(t_load, 3)
     rep["timing"]["total_seconds"] = round(time.perf_counter() - t0, 3)
-    rep["db"] = str(args.db)
     if args.json:
         print(json.dumps(rep, indent=2, default=str))
     else:

@@ -22,7 +22,7 @@ from dispatch.state import GpuRow
 from schemas.action import DispatchAction
 from schemas.codec import decode, decode_gpu, encode
 from schemas.dead_letter import DeadLetter
-from schemas.feeds import FeedRecord, GpuSamples, epoch_us
+from schemas.feeds import FeedRecord, GpuSamples, GpuTelemetry, epoch_us
 from schemas.site import SiteConfig
 from schemas.topics import INPUT_FEEDS, Feed
 from sinks.archive import ArchiveBatch
@@ -30,6 +30,7 @@ from streams.app import MAX_FUTURE_S, TopicNames
 from wattmix.errors import DecodeError
 
 FEED_ORDER = tuple(f.name for f in INPUT_FEEDS)
+GPU_FEED = next(f.name for f in INPUT_FEEDS if f.batch_model is not None)
 
 
 @dataclass(frozen=True)
@@ -86,9 +87,10 @@ IdleFn = Callable[[str, int], bool]
 
 @dataclass(frozen=True, slots=True)
 class _GpuRun:
-    """Samples of one GPU telemetry batch observed at the same instant ``t``, in list order:
-    one item of the event-time merge (the per-sample path's samples of ``t`` from one message
-    are adjacent in the merge order, so releasing them together changes nothing)."""
+    """GPU samples observed at the same instant ``t``, in arrival order, as one item of the
+    event-time merge: a batch message's samples of ``t``, or consecutive single-sample messages
+    stamped ``t`` (a scrape). Per sample they would be adjacent in the merge order (same time,
+    same feed, consecutive arrivals), so releasing and folding them together changes nothing."""
 
     t: datetime
     rows: list[GpuRow]
@@ -114,6 +116,21 @@ class _SiteLane:
     processor: SiteProcessor
     merger: FeedMerger
     partition: int | None = None
+    # single-sample GPU telemetry of one instant, accepted one after the other (a scrape: ~1,000
+    # messages): merged and folded as one item, as a batch's samples of one instant are (one heap
+    # push/pop and one fold call instead of one per message). Pushed before anything else is
+    # pushed to this lane, and at the end of every step.
+    gpu_run: _GpuRun | None = None
+
+    def push(self, feed_name: str, t: datetime, item: Any) -> None:
+        if self.gpu_run is not None:
+            self.flush_run()
+        self.merger.push(feed_name, t, item)
+
+    def flush_run(self) -> None:
+        run, self.gpu_run = self.gpu_run, None
+        if run is not None:
+            self.merger.push(GPU_FEED, run.t, run)
 
 
 class Pipeline:
@@ -140,8 +157,12 @@ class Pipeline:
         commit collecting several steps), else into a new one."""
         res = StepResult(batch=ArchiveBatch() if batch is None else batch)
         self._horizon = self.future_horizon()
-        for m in messages:
-            self._accept(m, res)
+        try:
+            for m in messages:
+                self._accept(m, res)
+        finally:
+            for lane in self.lanes.values():
+                lane.flush_run()
         self._release(res, idle)
         return res
 
@@ -156,6 +177,7 @@ class Pipeline:
         return res
 
     def pending(self) -> int:
+        """Items held back by the event-time merge (a GPU run of one instant counts once)."""
         return sum(len(lane.merger) for lane in self.lanes.values())
 
     def partitions_in_use(self) -> set[int]:
@@ -260,7 +282,14 @@ class Pipeline:
             t = rec.event_time()
             n, n_late = 1, int(lane.processor.clock.is_late(t))
             res.batch.add_input(feed.name, rec, topic=m.topic, partition=m.partition, offset=m.offset, late=bool(n_late))
-            lane.merger.push(feed.name, t, rec)
+            if rec.__class__ is GpuTelemetry:
+                run = lane.gpu_run
+                if run is None or run.t != t:
+                    lane.flush_run()
+                    run = lane.gpu_run = _GpuRun(t, [])
+                run.rows.append((rec.job_id, rec.gpu_class, rec.gpus, rec.power_kw, rec.utilization, rec.state))
+            else:
+                lane.push(feed.name, t, rec)
         res.accepted += n
         self.counts["accepted"] += n
         if n_late:
@@ -277,7 +306,7 @@ class Pipeline:
         late = None if last is None else us <= epoch_us(last)
         batch.add_input_columns(feed_name, {**samples.columns(), "observed_at": us}, topic=m.topic,
                                 partition=m.partition, offset=m.offset, late=late)
-        push = lane.merger.push
+        push = lane.push
         for run in _runs_by_time(samples, us):
             push(feed_name, run.t, run)
         return 0 if late is None else int(late.sum())

@@ -10,12 +10,16 @@ from datetime import datetime, timedelta, timezone
 import orjson
 import pytest
 
-from dispatch.processor import run_in_process
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dispatch.processor import SiteProcessor, run_in_process
 from schemas.codec import decode_samples, encode, encode_gpu_columns
 from schemas.feeds import GpuTelemetry, GpuTelemetryBatch
 from schemas.site import load_sample_site
 from sinks.archive import Archive
 from streams.app import TopicNames
+from schemas.topics import INPUT_FEEDS
 from streams.pipeline import Incoming, Pipeline
 from tests import factories as f
 from wattmix.errors import DecodeError
@@ -129,7 +133,9 @@ def test_merge_holds_events_until_every_feed_is_idle_or_past_them():
     # telemetry for the whole 2.5 h arrives first, the prices are not there yet: nothing may be
     # released (prices could still bring earlier events)
     res = p.ingest([msg("gpu_telemetry", encode(g), offset=i) for i, g in enumerate(gpu)], NONE_IDLE)
-    assert not res.actions and p.pending() == len(gpu)
+    assert not res.actions and p.lanes["sample"].processor.state.events_folded == 0
+    # held back as one merge item per instant (consecutive samples of one scrape)
+    assert p.pending() == len({g.observed_at for g in gpu}) < len(gpu)
     # every event is archived at once, whether released or not
     assert res.batch.counts() == {"gpu_telemetry": len(gpu)}
     # prices arrive; DR and hashprice partitions idle: released up to the newest telemetry (02:25)
@@ -155,6 +161,45 @@ def test_live_decisions_equal_the_in_process_engine_whatever_the_batching():
             got.extend(p.ingest(msgs[i:i + size], NONE_IDLE).actions)
         got.extend(p.flush(ALL_IDLE).actions)
         assert [encode(a) for a in got] == [encode(a) for a in expected], size
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 4), st.sampled_from(["running", "paused", "queued", "completed"]),
+                          st.integers(0, 16)), min_size=1, max_size=40),
+       st.randoms(use_true_random=False), st.integers(1, 9))
+def test_single_samples_merged_per_instant_give_the_per_sample_decisions_and_state(samples, rnd, size):
+    # consecutive single-sample messages of one instant travel the merge as one item: the same
+    # decisions and the same GPU state as folding each sample in merge order (time, feed, arrival),
+    # whatever the arrival order (late and repeated samples, a job twice in one instant, batch
+    # messages between single samples of the same instant)
+    prices = [f.hashprice(50.0)] + [f.rt_price(i, 30.0 + 700 * (i == 3)) for i in range(6)]
+    gpu = [f.gpu_sample(f"j{j}", ("inference", "training", "batch")[j % 3], minute=15 + 5 * m, gpus=g)
+           .model_copy(update={"state": state}) for j, m, state, g in samples]
+    arrived = prices + gpu
+    rnd.shuffle(arrived)
+    rank = {"grid_prices": 0, "dr_events": 1, "hashprice": 2, "gpu_telemetry": 3}
+    assert list(rank) == [feed.name for feed in INPUT_FEEDS]
+    order = sorted(range(len(arrived)), key=lambda i: (arrived[i].event_time(), rank[named(arrived[i])], i))
+    proc = SiteProcessor(SITE)
+    expected = [a for i in order for a in proc.process(arrived[i]).actions]
+    p = pipeline()
+    msgs, k = [], 0
+    while k < len(arrived):  # now and then 2-4 consecutive samples travel as one batch message
+        n = 1
+        while n < 4 and k + n < len(arrived) and all(type(e) is GpuTelemetry for e in arrived[k:k + n + 1]):
+            n += 1
+        n = rnd.choice([1, n])
+        value = encode(arrived[k]) if n == 1 else encode(GpuTelemetryBatch(site_id="sample", samples=arrived[k:k + n]))
+        msgs.append(msg(named(arrived[k]), value, offset=len(msgs)))
+        k += n
+    got = []
+    for i in range(0, len(msgs), size):
+        got.extend(p.ingest(msgs[i:i + size], NONE_IDLE).actions)
+    got.extend(p.flush(ALL_IDLE).actions)
+    assert [encode(a) for a in got] == [encode(a) for a in expected]
+    state = p.lanes["sample"].processor.state
+    assert state.gpu_jobs == proc.state.gpu_jobs and state.gpu_demand() == proc.state.gpu_demand()
+    assert state.events_folded == proc.state.events_folded
 
 
 def test_batch_contents_and_action_messages():
