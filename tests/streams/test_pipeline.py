@@ -9,7 +9,6 @@ from datetime import datetime, timedelta, timezone
 
 import orjson
 import pytest
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,9 +16,9 @@ from dispatch.processor import SiteProcessor, run_in_process
 from schemas.codec import decode_samples, encode, encode_gpu_columns
 from schemas.feeds import GpuTelemetry, GpuTelemetryBatch
 from schemas.site import load_sample_site
+from schemas.topics import INPUT_FEEDS
 from sinks.archive import Archive
 from streams.app import TopicNames
-from schemas.topics import INPUT_FEEDS
 from streams.pipeline import Incoming, Pipeline
 from tests import factories as f
 from wattmix.errors import DecodeError
