@@ -144,13 +144,6 @@ class SiteState:
             self.events_folded += len(rows)
 
     # -- queries -----------------------------------------------------------------------
-    @property
-    def last_rt(self) -> tuple[datetime, float] | None:
-        if not self.rt_order:
-            return None
-        t = self.rt_order[-1]
-        return t, self.rt_prices[t]
-
     def da_price_at(self, t: datetime) -> float | None:
         # the engine asks for the same few instants every interval (~4 times per decision):
         # their period starts are remembered (a cached start's hash is cached too: ~0.2 us

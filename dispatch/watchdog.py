@@ -33,8 +33,9 @@ from schemas.site import SiteConfig
 
 PREFIX = "WATCHDOG: "
 
-#: (interval, price limit min, hashprice limit h) -> the RT price's interval start age and the
-#: hashprice age past which a feed may be stale, as timedeltas
+#: (interval, price limit min, hashprice limit h) -> the RT price's interval-start age and the
+#: hashprice age past which that feed is stale, as timedeltas (exact, in microseconds like the
+#: timestamps; asked every interval, built once)
 _limits: dict[tuple, tuple[timedelta, timedelta]] = {}
 
 
@@ -43,26 +44,18 @@ def stale_reasons(site: SiteConfig, state: SiteState, t: datetime) -> list[str]:
     limits = _limits.get(key)
     if limits is None:
         limits = _limits[key] = (timedelta(minutes=key[0] + key[1]), timedelta(hours=key[2]))
-    # asked every interval, and nearly always nothing is stale: two comparisons say so (strictly
-    # inside the limits; at a limit the exact float arithmetic below decides)
-    order, hp = state.rt_order, state.hashprice
-    if (not order or t - order[-1] < limits[0]) and (hp is None or t - hp.published_at < limits[1]):
-        return []
     out = []
-    last = state.last_rt
-    if last is not None:
-        published = last[0] + timedelta(minutes=site.interval_minutes)
-        silent = (t - published).total_seconds() / 60
-        if silent > site.watchdog_price_minutes:
-            out.append(f"{PREFIX}real-time price feed silent for {silent:.0f} min (last price for "
-                       f"{last[0].isoformat()}, limit {site.watchdog_price_minutes} min): safe state")
-    hp = state.hashprice
-    if hp is not None:
+    order, hp = state.rt_order, state.hashprice
+    if order and t - order[-1] > limits[0]:
+        last = order[-1]
+        silent = (t - last).total_seconds() / 60 - site.interval_minutes  # since it was published
+        out.append(f"{PREFIX}real-time price feed silent for {silent:.0f} min (last price for "
+                   f"{last.isoformat()}, limit {site.watchdog_price_minutes} min): safe state")
+    if hp is not None and t - hp.published_at > limits[1]:
         age_h = (t - hp.published_at).total_seconds() / 3600
-        if age_h > site.watchdog_hashprice_hours:
-            out.append(f"{PREFIX}hashprice stale: published {age_h:.1f} h ago (limit "
-                       f"{site.watchdog_hashprice_hours:g} h); using the last known "
-                       f"${hp.usd_per_ph_day:,.2f}/PH/day: safe state")
+        out.append(f"{PREFIX}hashprice stale: published {age_h:.1f} h ago (limit "
+                   f"{site.watchdog_hashprice_hours:g} h); using the last known "
+                   f"${hp.usd_per_ph_day:,.2f}/PH/day: safe state")
     return out
 
 
