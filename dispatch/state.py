@@ -44,6 +44,11 @@ class GpuJob(NamedTuple):
 #: a GPU sample as the fold takes it: GpuJob's fields but ``observed_at``
 GpuRow = tuple[str, GpuClass, int, float, float, GpuJobState]
 
+def gpu_row(g: GpuTelemetry) -> GpuRow:
+    """A GPU sample as the fold takes it."""
+    return (g.job_id, g.gpu_class, g.gpus, g.power_kw, g.utilization, g.state)
+
+
 #: job states whose GPUs want to run (counted in the demand)
 WANTING = frozenset(("running", "paused"))
 
@@ -77,8 +82,7 @@ class SiteState:
     # -- folding -----------------------------------------------------------------------
     def fold(self, record: object) -> None:
         if isinstance(record, GpuTelemetry):
-            self.fold_gpu_rows(record.observed_at, ((record.job_id, record.gpu_class, record.gpus, record.power_kw,
-                                                     record.utilization, record.state),))
+            self.fold_gpu_rows(record.observed_at, (gpu_row(record),))
             return
         if isinstance(record, GridPrice):
             self._fold_price(record)

@@ -18,7 +18,7 @@ import numpy as np
 
 from dispatch.clock import FeedMerger
 from dispatch.processor import SiteProcessor
-from dispatch.state import GpuRow
+from dispatch.state import GpuRow, gpu_row
 from schemas.action import DispatchAction
 from schemas.codec import decode, decode_gpu, encode
 from schemas.dead_letter import DeadLetter
@@ -123,8 +123,7 @@ class _SiteLane:
     gpu_run: _GpuRun | None = None
 
     def push(self, feed_name: str, t: datetime, item: Any) -> None:
-        if self.gpu_run is not None:
-            self.flush_run()
+        self.flush_run()
         self.merger.push(feed_name, t, item)
 
     def flush_run(self) -> None:
@@ -287,7 +286,7 @@ class Pipeline:
                 if run is None or run.t != t:
                     lane.flush_run()
                     run = lane.gpu_run = _GpuRun(t, [])
-                run.rows.append((rec.job_id, rec.gpu_class, rec.gpus, rec.power_kw, rec.utilization, rec.state))
+                run.rows.append(gpu_row(rec))
             else:
                 lane.push(feed.name, t, rec)
         res.accepted += n
