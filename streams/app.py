@@ -81,7 +81,8 @@ class WorkerSettings:
     max_inflight_events: int = 40_000
     # DuckDB memory limit of the worker's archive (0: DuckDB's default, 80% of RAM). Without a
     # limit the archive's buffer pool keeps what was written, so the worker's memory grows with
-    # the archive (sinks/archive.py Archive); 256 MB leaves room for the dashboard's queries.
+    # the archive (sinks/archive.py Archive); 256 MB bounds that growth (it is reached after
+    # ~6M archived rows, bench/bench_archive_memory.py) and leaves room for the dashboard's queries.
     archive_memory_mb: int = 256
     # Events stamped further ahead of the wall clock go to the dead letters (FutureEvent).
     max_future_s: float | None = MAX_FUTURE_S
