@@ -38,7 +38,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_stream_lib import (ROOT, WorkerProc, add_worker_args, create_topics, machine_line, topics_for,  # noqa: E402
+from bench_stream_lib import (ROOT, CpuMeter, WorkerProc, add_worker_args, create_topics, machine_line, topics_for,  # noqa: E402
                               worker_args)
 
 T0 = datetime(2025, 1, 6, tzinfo=timezone.utc)
@@ -122,39 +122,6 @@ def telemetry_main(args: argparse.Namespace) -> None:
             await p.stop()
 
     asyncio.run(run())
-
-
-class CpuMeter:
-    """CPU seconds used by named processes, and the machine's busy time, between two marks."""
-
-    def __init__(self, pids: dict[str, int | None]) -> None:
-        self.pids = {name: pid for name, pid in pids.items() if pid}
-        self.hz = os.sysconf("SC_CLK_TCK")
-        self.start = self._read()
-
-    def seconds(self, name: str) -> float:
-        """CPU seconds used so far by the process ``name`` (0 once it is gone)."""
-        try:
-            with open(f"/proc/{self.pids[name]}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / self.hz  # utime + stime
-        except OSError:
-            return 0.0
-
-    def _read(self) -> tuple[float, dict[str, float], float]:
-        used = {name: self.seconds(name) for name in self.pids}
-        with open("/proc/stat") as f:
-            cpu = [int(x) for x in f.readline().split()[1:]]
-        busy = (sum(cpu) - cpu[3] - cpu[4]) / self.hz  # everything but idle and iowait
-        return time.time(), used, busy
-
-    def line(self) -> str:
-        t1, used1, busy1 = self._read()
-        t0, used0, busy0 = self.start
-        wall = max(t1 - t0, 1e-9)
-        parts = [f"{name} {(used1[name] - used0[name]) / wall:.2f}" for name in self.pids if name in used0 and name in used1]
-        return (f"cpu over {wall:.0f} s, in cores: {', '.join(parts)}; machine busy "
-                f"{(busy1 - busy0) / wall:.2f} of {os.cpu_count()} (others' jobs included)")
 
 
 @dataclass

@@ -21,12 +21,18 @@ batched   two weeks with the GPU telemetry as batch messages of ``--per-message`
           and the ratio to the single-sample messages of ``mixed`` (run first if not asked).
 scaleout  4 sites on 4 partitions: 1 worker vs 2 workers in one consumer group (each with
           its own DuckDB file), aggregate events/s.
+
+Under each mixed and batched figure, a ``cpu`` line: CPU seconds of the worker and the broker
+(``/proc``) per message or sample over the run, how busy the machine's cores were, and the rate
+that CPU cost would allow with every core busy (when it is far above the measured rate, the
+limit is parallelism, not CPU).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import subprocess
 import sys
 import tempfile
@@ -110,7 +116,7 @@ def faust_run(bootstrap: str, topic: str, n: int, mode: str, work: Path) -> dict
 
 def run_workers(bootstrap: str, work: Path, named, sites: list[str], n_workers: int, label: str,
                 extra: list[str] | None = None, profile: str | None = None, timeout: float = 600.0,
-                total: int | None = None) -> dict:
+                total: int | None = None, broker_pid: int | None = None) -> dict:
     suffix = f".{label}-{uuid.uuid4().hex[:6]}"
     topics = topics_for(suffix)
     create_topics(bootstrap, topics.values())
@@ -121,12 +127,25 @@ def run_workers(bootstrap: str, work: Path, named, sites: list[str], n_workers: 
     workers = [WorkerProc(bootstrap, work / f"{label}-{i}.duckdb", group, suffix, sites, work / f"{label}-{i}.json",
                           work / f"{label}-{i}.log", extra, profile if i == 0 else None) for i in range(n_workers)]
     try:
-        res = wait_events(workers, total if total is not None else len(named), timeout)
+        res = wait_events(workers, total if total is not None else len(named), timeout, broker_pid)
     finally:
         for w in workers:
             w.stop()
     res["published_s"] = pub_s
     return res
+
+
+def cpu_cost(res: dict, per_event: float, unit: str) -> str:
+    """CPU per ``unit`` of the worker and the broker over the run, and the rate those costs
+    allow on this machine's cores (every core busy with nothing else)."""
+    cpu = res.get("cpu")
+    if not cpu or not cpu["events"]:
+        return "cpu: not measured"
+    units = cpu["events"] * per_event
+    w, b = cpu["workers_s"] / units * 1e6, cpu["broker_s"] / units * 1e6
+    return (f"cpu per {unit}: worker {w:.1f} us + broker {b:.1f} us; machine busy "
+            f"{cpu['machine_busy_s'] / cpu['span_s']:.2f} of {os.cpu_count()} cores; "
+            f"{os.cpu_count()} cores at this cost: {os.cpu_count() / (w + b) * 1e6:,.0f} {unit}s/s")
 
 
 def main() -> None:
@@ -182,13 +201,15 @@ def main() -> None:
         single_rate = None
         if only & {"mixed", "batched"}:  # batched samples/s is compared with this run's single samples
             named = scenario_events(sid, days=args.days, jobs=args.jobs)
-            res = run_workers(bs, work, named, sid, 1, "mixed", extra, args.profile if "mixed" in only else None)
+            res = run_workers(bs, work, named, sid, 1, "mixed", extra, args.profile if "mixed" in only else None,
+                              broker_pid=broker.pid)
             single_rate = res["rate"]
             rows.append(("wattmix worker, mixed feeds", res["rate"], "msg/s"))
             print(f"mixed   worker   {res['rate']:>12,.0f} msg/s ({res['events']:,} events in {res['seconds']:.1f} s; "
                   f"rss {res['per_worker'][0].get('rss_kb', 0) / 1024:.0f} MB; GC {res['per_worker'][0].get('gc_s', 0):.2f} s; "
                   f"published in {res['published_s']:.1f} s)",
                   flush=True)
+            print(f"        {cpu_cost(res, 1, 'message')}", flush=True)
 
         if "batched" in only:
             named = scenario_events(sid, days=args.batched_days, jobs=args.jobs)
@@ -197,7 +218,8 @@ def main() -> None:
                 batched = batch_telemetry(named, args.per_message, form)
                 messages = sum(1 for n, _ in batched if n == "gpu_telemetry")
                 profile = f"{args.profile}.{form}.json" if args.profile and "mixed" not in only else None
-                res = run_workers(bs, work, batched, sid, 1, f"batched-{form}", extra, profile, total=len(batched))
+                res = run_workers(bs, work, batched, sid, 1, f"batched-{form}", extra, profile, total=len(batched),
+                                  broker_pid=broker.pid)
                 # the worker counts messages; samples/s = every sample / the same seconds
                 rate = samples / res["seconds"]
                 rows.append((f"wattmix worker, batched GPU telemetry, {form} ({args.per_message}/msg)", rate,
@@ -206,6 +228,7 @@ def main() -> None:
                       f"+ {len(batched) - messages:,} other events, {res['seconds']:.1f} s); "
                       f"{rate / single_rate:.1f}x single-sample messages (mixed: {single_rate:,.0f} msg/s); "
                       f"GC {res['per_worker'][0].get('gc_s', 0):.2f} s", flush=True)
+                print(f"        {cpu_cost(res, samples / len(batched), 'sample')}", flush=True)
 
         if "scaleout" in only:
             sites4 = site_ids(4)

@@ -165,14 +165,54 @@ class WorkerProc:
         return "py-spy" in str(self.proc.args[0])
 
 
-def wait_events(workers: list[WorkerProc], total: int, timeout: float) -> dict:
+class CpuMeter:
+    """CPU seconds used by named processes, and the machine's busy time, between two marks."""
+
+    def __init__(self, pids: dict[str, int | None]) -> None:
+        self.pids = {name: pid for name, pid in pids.items() if pid}
+        self.hz = os.sysconf("SC_CLK_TCK")
+        self.start = self._read()
+
+    def seconds(self, name: str) -> float:
+        """CPU seconds used so far by the process ``name`` (0 once it is gone)."""
+        try:
+            with open(f"/proc/{self.pids[name]}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / self.hz  # utime + stime
+        except OSError:
+            return 0.0
+
+    def _read(self) -> tuple[float, dict[str, float], float]:
+        used = {name: self.seconds(name) for name in self.pids}
+        with open("/proc/stat") as f:
+            cpu = [int(x) for x in f.readline().split()[1:]]
+        busy = (sum(cpu) - cpu[3] - cpu[4]) / self.hz  # everything but idle and iowait
+        return time.time(), used, busy
+
+    def line(self) -> str:
+        t1, used1, busy1 = self._read()
+        t0, used0, busy0 = self.start
+        wall = max(t1 - t0, 1e-9)
+        parts = [f"{name} {(used1[name] - used0[name]) / wall:.2f}" for name in self.pids if name in used0 and name in used1]
+        return (f"cpu over {wall:.0f} s, in cores: {', '.join(parts)}; machine busy "
+                f"{(busy1 - busy0) / wall:.2f} of {os.cpu_count()} (others' jobs included)")
+
+
+def wait_events(workers: list[WorkerProc], total: int, timeout: float, broker_pid: int | None = None) -> dict:
     """Until the workers together made ``total`` events durable; returns the aggregate:
-    events, seconds from the first batch any worker received to the last durable one."""
+    events, seconds from the first batch any worker received to the last durable one, and
+    ``cpu``: CPU seconds of the workers and the broker from the first durable batch seen (polled
+    every 0.1 s) to the end, with the events made durable in that span."""
     deadline = time.monotonic() + timeout
     st: list[dict] = []
+    meter, events0 = None, 0
     while time.monotonic() < deadline:
         st = [w.read() for w in workers]
-        if sum(s.get("events", 0) for s in st) >= total:
+        done = sum(s.get("events", 0) for s in st)
+        if meter is None and done:
+            meter, events0 = CpuMeter({**{f"worker{i}": w.proc.pid for i, w in enumerate(workers)},
+                                       "broker": broker_pid}), done
+        if done >= total:
             break
         for w in workers:
             if w.proc.poll() is not None:
@@ -182,8 +222,15 @@ def wait_events(workers: list[WorkerProc], total: int, timeout: float) -> dict:
     firsts = [s["first"] for s in st if s.get("first")]
     lasts = [s["last"] for s in st if s.get("last")]
     secs = (max(lasts) - min(firsts)) if firsts and lasts else float("nan")
+    cpu = None
+    if meter is not None:
+        t1, used1, busy1 = meter._read()
+        t0, used0, busy0 = meter.start
+        cpu = {"span_s": t1 - t0, "events": events - events0, "machine_busy_s": busy1 - busy0,
+               "workers_s": sum(used1[n] - used0[n] for n in used0 if n.startswith("worker")),
+               "broker_s": used1.get("broker", 0.0) - used0.get("broker", 0.0)}
     return {"events": events, "seconds": secs, "rate": events / secs if secs else float("nan"),
-            "per_worker": st, "complete": events >= total}
+            "per_worker": st, "complete": events >= total, "cpu": cpu}
 
 
 def rss_kb(pid: int) -> int:
