@@ -2,12 +2,14 @@
 GPU telemetry load.
 
     python bench/bench_latency.py [--rate 10000] [--boundaries 120] [--interval-s 0.5]
-                                  [--set boundary_fast_path=false] [--trace]
+                                  [--tick-s 0.01] [--set boundary_fast_path=false] [--trace]
 
 Event time runs ``900 / interval_s`` times faster than the wall clock, so a 15-minute interval
 passes every ``interval_s`` seconds (everything else is real: broker, worker, DuckDB).
 
-* a telemetry subprocess publishes ``--rate`` GPU samples/s (1,000 jobs), stamped "now";
+* a telemetry subprocess publishes ``--rate`` GPU samples/s (1,000 jobs), stamped "now", in
+  one produce request per ``--tick-s`` (the embedded broker's CPU grows with the number of
+  requests it holds: 10 ms ticks double it against 30 ms, and its tail is the latency's);
 * at each interval boundary B this process publishes the real-time price of the interval
   ending at B (``published_at = B``), noting the wall time of the send;
 * a consumer on the actions topic notes when the action for B arrives.
@@ -66,8 +68,9 @@ def telemetry_main(args: argparse.Namespace) -> None:
     sample per message or, with ``--per-message N``, N per GpuTelemetryColumns message (the
     exporters' form).
 
-    One record batch per 10 ms tick (``create_batch``/``send_batch``): the load generator shares
-    the 2 cores with the worker it loads, and per-message ``send`` cost it ~3x the CPU."""
+    One record batch per ``--tick-s`` (10 ms; ``create_batch``/``send_batch``): the load
+    generator shares the 2 cores with the worker it loads, and per-message ``send`` cost it ~3x
+    the CPU. A longer tick is a producer lingering longer: fewer, larger produce requests."""
     import orjson
     from aiokafka import AIOKafkaProducer
     from aiokafka.partitioner import DefaultPartitioner
@@ -94,7 +97,7 @@ def telemetry_main(args: argparse.Namespace) -> None:
         key = args.site.encode()
         # the site's partition, as the price producer's default partitioner picks it
         partition = DefaultPartitioner()(key, sorted(await p.partitions_for(args.topic)), None)
-        tick = 0.01
+        tick = args.tick_s
         per_tick = max(1, int(args.rate * tick))
         j = 0
         next_t = time.time()
@@ -169,7 +172,7 @@ def latency_rig(args: argparse.Namespace, name: str, seconds: float, trace: Path
         until = time.time() + seconds
         tele = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--telemetry", "--kafka", bs,
                                  "--topic", topics["gpu_telemetry"], "--site", args.site, "--rate", str(args.rate),
-                                 "--per-message", str(args.per_message),
+                                 "--per-message", str(args.per_message), "--tick-s", str(args.tick_s),
                                  "--interval-s", str(args.interval_s), "--wall0", str(wall0),
                                  "--until", str(until)], cwd=str(ROOT))
         try:
@@ -275,10 +278,11 @@ def latency_line(lat: list[float]) -> str:
 
 def load_line(args: argparse.Namespace) -> str:
     """The background load asked for, in words."""
+    every = f", one produce request per {args.tick_s * 1000:g} ms"
     if args.per_message <= 1:
-        return f"{args.rate:,} samples/s requested (one per message)"
+        return f"{args.rate:,} samples/s requested (one per message{every})"
     return (f"{args.rate:,} samples/s requested as {args.per_message}-sample column messages "
-            f"({args.rate / args.per_message:,.0f} msg/s)")
+            f"({args.rate / args.per_message:,.0f} msg/s{every})")
 
 
 def add_rig_args(ap: argparse.ArgumentParser) -> None:
@@ -286,6 +290,8 @@ def add_rig_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--per-message", type=int, default=1,
                     help="GPU samples per telemetry message (1: GpuTelemetry; N > 1: GpuTelemetryColumns of N)")
     ap.add_argument("--interval-s", type=float, default=0.5, help="wall seconds per 15-min interval")
+    ap.add_argument("--tick-s", type=float, default=0.01,
+                    help="the telemetry producer sends one record batch this often (its linger)")
     add_worker_args(ap)
 
 

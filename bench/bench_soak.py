@@ -2,8 +2,13 @@
 set-up: background GPU telemetry + a real-time price every interval, decisions, archive).
 
     python bench/bench_soak.py --minutes 10 [--rate 10000] [--per-message 1] [--interval-s 0.5]
+    python bench/bench_soak.py --minutes 10 --tick-s 0.1   # one produce request per 100 ms
     python bench/bench_soak.py --minutes 10 --rate 25000 --per-message 250   # exporter-style batches
     python bench/bench_soak.py --minutes 0.5            # CI-sized smoke run
+
+The embedded broker (tansu, in-memory, no retention) keeps every produce request and its CPU
+grows with their number: at the default one request per 10 ms it saturates a core after ~6
+minutes; ``--tick-s 0.1`` (a producer lingering 100 ms) keeps it at ~0.3 cores for 10 minutes.
 
 RSS (``/proc/PID/status`` VmRSS) is sampled every ``--every`` seconds. Reported: RSS after the
 warm-up (the first 20% of the run: DuckDB's buffer pool, Python's allocator arenas and the

@@ -81,9 +81,10 @@ class WorkerSettings:
     max_inflight_events: int = 40_000
     # DuckDB memory limit of the worker's archive (0: DuckDB's default, 80% of RAM). Without a
     # limit the archive's buffer pool keeps what was written, so the worker's memory grows with
-    # the archive (sinks/archive.py Archive); 256 MB bounds that growth (it is reached after
-    # ~6M archived rows, bench/bench_archive_memory.py) and leaves room for the dashboard's queries.
-    archive_memory_mb: int = 256
+    # the archive (sinks/archive.py Archive). 64 MB keeps it flat: a 10-minute soak at 10k msg/s
+    # (6M archived rows) grew +2.9% with 64 MB and +11.6% with 256 MB, at the same throughput
+    # (bench/bench_soak.py, bench/bench_archive_memory.py); larger queries spill to <db>.tmp.
+    archive_memory_mb: int = 64
     # Events stamped further ahead of the wall clock go to the dead letters (FutureEvent).
     max_future_s: float | None = MAX_FUTURE_S
     # Fetch size per partition: Faust's default 1 MB caps a fetch at ~5,000 records of 200 B.

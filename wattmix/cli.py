@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "'off' for a simulation ahead of real time)")
     w.add_argument("--archive-memory-mb", type=int,
                    default=os.environ.get("WATTMIX_ARCHIVE_MEMORY_MB", _WORKER_DEFAULT),
-                   help="DuckDB memory limit of the archive, MB (env WATTMIX_ARCHIVE_MEMORY_MB; default 256, "
+                   help="DuckDB memory limit of the archive, MB (env WATTMIX_ARCHIVE_MEMORY_MB; default 64, "
                         "streams.app.WorkerSettings.archive_memory_mb; 0: DuckDB's default, 80%% of RAM)")
     w.set_defaults(func=_cmd_worker)
 

@@ -619,4 +619,4 @@ def test_memory_limit_bounds_duckdb_and_the_worker_sets_one(tmp_path):
         assert limit.replace(" ", "") in {"64.0MiB", "61.0MiB", "64MB", "61.0MB"}, limit
     with Archive(tmp_path / "b.duckdb") as arc:  # not asked: DuckDB's default (GBs here)
         assert "GiB" in arc.connection().execute("SELECT current_setting('memory_limit')").fetchone()[0]
-    assert WorkerSettings().archive_memory_mb == 256
+    assert WorkerSettings().archive_memory_mb == 64

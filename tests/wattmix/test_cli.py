@@ -29,12 +29,12 @@ def captured(monkeypatch):
 def test_worker_options_not_given_leave_the_settings_defaults(captured):
     assert cli.main(["worker", "--kafka", "127.0.0.1:1", "--db", "x.duckdb"]) == 0
     assert "max_future_s" not in captured and "archive_memory_mb" not in captured
-    assert WorkerSettings().max_future_s == MAX_FUTURE_S and WorkerSettings().archive_memory_mb == 256
+    assert WorkerSettings().max_future_s == MAX_FUTURE_S and WorkerSettings().archive_memory_mb == 64
 
 
 def test_worker_options_given_or_from_the_environment(captured, monkeypatch):
-    cli.main(["worker", "--archive-memory-mb", "64", "--max-future-s", "off"])
-    assert captured["archive_memory_mb"] == 64 and captured["max_future_s"] is None
+    cli.main(["worker", "--archive-memory-mb", "32", "--max-future-s", "off"])
+    assert captured["archive_memory_mb"] == 32 and captured["max_future_s"] is None
     captured.clear()
     monkeypatch.setenv("WATTMIX_ARCHIVE_MEMORY_MB", "128")
     cli.main(["worker"])
