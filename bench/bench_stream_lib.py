@@ -189,13 +189,17 @@ class CpuMeter:
         busy = (sum(cpu) - cpu[3] - cpu[4]) / self.hz  # everything but idle and iowait
         return time.time(), used, busy
 
-    def line(self) -> str:
+    def delta(self) -> tuple[float, dict[str, float], float]:
+        """Since the start mark: wall seconds, CPU seconds per process, the machine's busy seconds."""
         t1, used1, busy1 = self._read()
         t0, used0, busy0 = self.start
-        wall = max(t1 - t0, 1e-9)
-        parts = [f"{name} {(used1[name] - used0[name]) / wall:.2f}" for name in self.pids if name in used0 and name in used1]
+        return max(t1 - t0, 1e-9), {name: used1[name] - used0[name] for name in self.pids}, busy1 - busy0
+
+    def line(self) -> str:
+        wall, used, busy = self.delta()
+        parts = [f"{name} {cpu / wall:.2f}" for name, cpu in used.items()]
         return (f"cpu over {wall:.0f} s, in cores: {', '.join(parts)}; machine busy "
-                f"{(busy1 - busy0) / wall:.2f} of {os.cpu_count()} (others' jobs included)")
+                f"{busy / wall:.2f} of {os.cpu_count()} (others' jobs included)")
 
 
 def wait_events(workers: list[WorkerProc], total: int, timeout: float, broker_pid: int | None = None) -> dict:
@@ -209,8 +213,8 @@ def wait_events(workers: list[WorkerProc], total: int, timeout: float, broker_pi
     while time.monotonic() < deadline:
         st = [w.read() for w in workers]
         done = sum(s.get("events", 0) for s in st)
-        if meter is None and done:
-            meter, events0 = CpuMeter({**{f"worker{i}": w.proc.pid for i, w in enumerate(workers)},
+        if meter is None and done:  # the pid each worker reports (not py-spy's when profiled)
+            meter, events0 = CpuMeter({**{f"worker{i}": s.get("pid") for i, s in enumerate(st)},
                                        "broker": broker_pid}), done
         if done >= total:
             break
@@ -224,11 +228,10 @@ def wait_events(workers: list[WorkerProc], total: int, timeout: float, broker_pi
     secs = (max(lasts) - min(firsts)) if firsts and lasts else float("nan")
     cpu = None
     if meter is not None:
-        t1, used1, busy1 = meter._read()
-        t0, used0, busy0 = meter.start
-        cpu = {"span_s": t1 - t0, "events": events - events0, "machine_busy_s": busy1 - busy0,
-               "workers_s": sum(used1[n] - used0[n] for n in used0 if n.startswith("worker")),
-               "broker_s": used1.get("broker", 0.0) - used0.get("broker", 0.0)}
+        wall, used, busy = meter.delta()
+        cpu = {"span_s": wall, "events": events - events0, "machine_busy_s": busy,
+               "workers_s": sum(s for n, s in used.items() if n.startswith("worker")),
+               "broker_s": used.get("broker", 0.0)}
     return {"events": events, "seconds": secs, "rate": events / secs if secs else float("nan"),
             "per_worker": st, "complete": events >= total, "cpu": cpu}
 
