@@ -12,19 +12,16 @@ worker sets ``WorkerSettings.archive_memory_mb``.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_stream_lib import rss_kb  # noqa: E402
 
 BATCH = 25_000
-
-
-def rss_mb() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS"):
-                return int(line.split()[1]) // 1024
-    return 0
 
 
 def child(limit: str, rows: int) -> None:
@@ -53,7 +50,7 @@ def child(limit: str, rows: int) -> None:
             con.unregister("stage")
             done = (i + 1) * BATCH
             if done % 1_000_000 == 0 or i == 0:
-                points.append(f"{done / 1e6:g}M:{rss_mb()}")
+                points.append(f"{done / 1e6:g}M:{rss_kb(os.getpid()) // 1024}")
         con.close()
     first, last = int(points[0].split(":")[1]), int(points[-1].split(":")[1])
     print(f"memory_limit {limit:>6}: RSS MB after rows {' '.join(points)}  (growth {last - first:+d} MB)", flush=True)
