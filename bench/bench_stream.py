@@ -2,7 +2,7 @@
 one local broker (the embedded tansu), so ratios are comparable even on a noisy machine.
 
     python bench/bench_stream.py                       # everything (~3 min on 2 cores)
-    python bench/bench_stream.py --only raw,faust,mixed,batched,scaleout
+    python bench/bench_stream.py --only raw,faust,mixed,batched,scrape,scaleout
     python bench/bench_stream.py --profile /tmp/worker.speedscope.json   # py-spy the mixed run
     python bench/bench_stream.py --only batched --profile /tmp/batched   # py-spy the batched runs
 
@@ -19,6 +19,10 @@ mixed     the demo week (prices, DR, hashprice, GPU telemetry: telemetry ~99%) p
 batched   two weeks with the GPU telemetry as batch messages of ``--per-message`` samples,
           row-oriented (GpuTelemetryBatch) then as columns (GpuTelemetryColumns): samples/s,
           and the ratio to the single-sample messages of ``mixed`` (run first if not asked).
+scrape    GPU telemetry as an exporter sends it: every ``--scrape-s`` seconds of event time one
+          GpuTelemetryColumns message with a sample of every job (~1,000: one instant per
+          message), over ``--scrape-days`` of the demo scenario: samples/s. (``batched`` regroups
+          the demo's hourly per-job reports, so its messages span ~55 instants each.)
 scaleout  4 sites on 4 partitions: 1 worker vs 2 workers in one consumer group (each with
           its own DuckDB file), aggregate events/s.
 
@@ -46,6 +50,7 @@ from bench_stream_lib import (  # noqa: E402
     WorkerProc,
     add_worker_args,
     batch_telemetry,
+    scrape_telemetry,
     create_topics,
     dumps,
     machine_line,
@@ -150,13 +155,15 @@ def cpu_cost(res: dict, per_event: float, unit: str) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", default="raw,faust,mixed,batched,scaleout")
+    ap.add_argument("--only", default="raw,faust,mixed,batched,scrape,scaleout")
     ap.add_argument("--raw-messages", type=int, default=200_000)
     ap.add_argument("--faust-messages", type=int, default=30_000)
     ap.add_argument("--days", type=int, default=7, help="scenario days for 'mixed' (7: ~184k events)")
     ap.add_argument("--jobs", type=int, default=1000)
     ap.add_argument("--per-message", type=int, default=1000, help="GPU samples per batched message")
     ap.add_argument("--batched-days", type=int, default=14, help="scenario days for 'batched' (14: ~365k samples)")
+    ap.add_argument("--scrape-s", type=float, default=60.0, help="'scrape': seconds of event time between scrapes")
+    ap.add_argument("--scrape-days", type=float, default=1.0, help="'scrape': days of the scenario (1: ~1.4M samples)")
     ap.add_argument("--scaleout-days", type=int, default=3, help="days per site (4 sites; >= 3)")
     ap.add_argument("--profile", default=None, help="py-spy speedscope output for the mixed worker (with "
                     "--only batched: of the batched workers, FILE.rows.json and FILE.columns.json)")
@@ -229,6 +236,22 @@ def main() -> None:
                       f"{rate / single_rate:.1f}x single-sample messages (mixed: {single_rate:,.0f} msg/s); "
                       f"GC {res['per_worker'][0].get('gc_s', 0):.2f} s", flush=True)
                 print(f"        {cpu_cost(res, samples / len(batched), 'sample')}", flush=True)
+
+        if "scrape" in only:
+            named = scrape_telemetry(scenario_events(sid, days=max(3, int(-(-args.scrape_days // 1))), jobs=args.jobs),
+                                     args.scrape_s, args.scrape_days)
+            gpu = [r for n, r in named if n == "gpu_telemetry"]
+            samples = sum(len(r.columns.job_id) for r in gpu)
+            profile = f"{args.profile}.scrape.json" if args.profile and "mixed" not in only else None
+            res = run_workers(bs, work, named, sid, 1, "scrape", extra, profile, broker_pid=broker.pid)
+            rate = samples / res["seconds"]
+            rows.append((f"wattmix worker, exporter scrapes every {args.scrape_s:g} s as columns", rate, "samples/s"))
+            ratio = f"; {rate / single_rate:.1f}x single-sample messages" if single_rate else ""
+            print(f"scrape  columns  {rate:>12,.0f} samples/s ({samples:,} samples in {len(gpu):,} messages "
+                  f"+ {len(named) - len(gpu):,} other events, {res['seconds']:.1f} s){ratio}; "
+                  f"GC {res['per_worker'][0].get('gc_s', 0):.2f} s; "
+                  f"peak rss {res['per_worker'][0].get('peak_rss_kb', 0) / 1024:.0f} MB", flush=True)
+            print(f"        {cpu_cost(res, samples / len(named), 'sample')}", flush=True)
 
         if "scaleout" in only:
             sites4 = site_ids(4)

@@ -105,6 +105,52 @@ def batch_telemetry(named: list[tuple[str, object]], per_message: int, form: str
     return out
 
 
+def scrape_telemetry(named: list[tuple[str, object]], every_s: float, days: float | None = None
+                     ) -> list[tuple[str, object]]:
+    """A site's GPU telemetry as an exporter sends it: every ``every_s`` seconds of event time,
+    one ``GpuTelemetryColumns`` message with a sample of every job the site knows (its latest
+    report, stamped with the scrape instant), a job that completed since the last scrape once
+    more as ``completed``, then no longer. Other feeds' events keep their places; ``days``
+    keeps only the first days after the first GPU sample. One site's events in event-time order."""
+    from datetime import timedelta
+
+    from schemas.feeds import GPU_SAMPLE_FIELDS, GpuColumns, GpuTelemetryColumns
+
+    step = timedelta(seconds=every_s)
+    first = next(r.event_time() for n, r in named if n == "gpu_telemetry")
+    end = None if days is None else first + timedelta(days=days)
+    latest: dict[str, object] = {}
+    out: list[tuple[str, object]] = []
+    scrape = first
+
+    def emit(t) -> None:
+        cols: dict[str, list] = {n: [] for n in GPU_SAMPLE_FIELDS if n != "observed_at"}
+        site = None
+        for job_id, g in list(latest.items()):
+            site = g.site_id
+            for n, col in cols.items():
+                col.append(getattr(g, n))
+            if g.state == "completed":
+                del latest[job_id]
+        if site is not None:
+            c = GpuColumns.model_construct(**cols, observed_at=[t] * len(cols["job_id"]))
+            out.append(("gpu_telemetry", GpuTelemetryColumns.model_construct(site_id=site, columns=c,
+                                                                              schema_version=1)))
+
+    for name, rec in named:
+        t = rec.event_time()
+        if end is not None and t > end:
+            break
+        while scrape < t:
+            emit(scrape)
+            scrape += step
+        if name == "gpu_telemetry":
+            latest[rec.job_id] = rec
+        else:
+            out.append((name, rec))
+    return out
+
+
 def topics_for(suffix: str) -> dict[str, str]:
     from schemas.topics import ACTIONS, DEAD_LETTERS, INPUT_FEEDS
 

@@ -5,7 +5,8 @@
 
 Same code path as ``wattmix worker``; additionally writes ``FILE`` (JSON) after every durable
 batch: ``first`` (wall time the first fetch reached the worker), ``last`` (wall time the latest
-batch was durable and acked), ``events`` (durable so far), ``rss_kb``, ``gc_s`` (seconds spent
+batch was durable and acked), ``events`` (durable so far), ``rss_kb`` (and ``peak_rss_kb``, the highest seen at those
+moments), ``gc_s`` (seconds spent
 in cyclic garbage collection so far). ``--gc default`` keeps Python's GC thresholds instead of
 ``wattmix worker``'s (``streams.worker.tune_gc``): the A/B of that setting.
 """
@@ -36,6 +37,7 @@ def main() -> None:
     ap.add_argument("--status", required=True)
     ap.add_argument("--set", action="append", default=[], help="WorkerSettings field=value")
     ap.add_argument("--gc", choices=("tuned", "default"), default="tuned")
+    ap.add_argument("--loglevel", default="WARNING", help="the worker's log level (INFO shows takeovers, timers)")
     args = ap.parse_args()
 
     from bench_stream_lib import rss_kb, site_config
@@ -55,7 +57,7 @@ def main() -> None:
     worker = DispatchWorker(settings)
     status = Path(args.status)
     tmp = status.with_suffix(".tmp")
-    st = {"first": 0.0, "last": 0.0, "events": 0, "rss_kb": 0, "gc_s": 0.0, "pid": os.getpid()}
+    st = {"first": 0.0, "last": 0.0, "events": 0, "rss_kb": 0, "peak_rss_kb": 0, "gc_s": 0.0, "pid": os.getpid()}
     pid = os.getpid()
 
     def on_durable(n: int) -> None:
@@ -65,6 +67,7 @@ def main() -> None:
         st["last"] = now
         st["events"] += n
         st["rss_kb"] = rss_kb(pid)
+        st["peak_rss_kb"] = max(st["peak_rss_kb"], st["rss_kb"])
         tmp.write_bytes(orjson.dumps(st))
         os.replace(tmp, status)
 
@@ -78,7 +81,7 @@ def main() -> None:
             st["gc_s"] += time.perf_counter() - gc_started[0]
 
     gc.callbacks.append(gc_timer)
-    serve(worker, "WARNING", gc_tuned=args.gc == "tuned")  # as `wattmix worker` runs it
+    serve(worker, args.loglevel, gc_tuned=args.gc == "tuned")  # as `wattmix worker` runs it
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 from bisect import insort
+from itertools import compress, repeat
+from operator import itemgetter, not_
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -52,9 +54,10 @@ def gpu_row(g: GpuTelemetry) -> GpuRow:
 #: job states whose GPUs want to run (counted in the demand)
 WANTING = frozenset(("running", "paused"))
 
-
-def _per_class() -> dict[GpuClass, dict]:
-    return {c: {} for c in GPU_CLASSES}
+#: a run of at least this many samples of one instant (an exporter's scrape: every job at once)
+#: is folded with C-level dict updates when nothing in it can be late (see _fold_scrape)
+SCRAPE_FOLD_MIN = 64
+_JOB_ID, _CLASS, _GPUS, _KW, _STATE = (itemgetter(i) for i in (0, 1, 2, 3, 5))
 
 
 @dataclass
@@ -70,12 +73,15 @@ class SiteState:
     # job_id -> (observed_at, its latest sample), for jobs not completed (a tuple, not a
     # GpuJob: the fold stores one per sample, jobs_of_class() builds GpuJobs when asked)
     gpu_jobs: dict[str, tuple[datetime, GpuRow]] = field(default_factory=dict)
-    # jobs wanting GPUs, per class: job_id -> gpus / power_kw. Kept by the fold so that
-    # gpu_demand() sums these instead of scanning every job (~1 ms per decision at 1,000 jobs)
-    _wanting_gpus: dict[GpuClass, dict[str, int]] = field(default_factory=_per_class)
-    _wanting_kw: dict[GpuClass, dict[str, float]] = field(default_factory=_per_class)
+    # the latest sample of each job wanting GPUs (running or paused): job_id -> row. One dict
+    # for every class, so that a scrape folds with one C-level update (see _fold_scrape);
+    # gpu_demand() splits it by class once per decision (~0.1 ms at 1,000 jobs)
+    _wanting: dict[str, GpuRow] = field(default_factory=dict)
     last_event_time: datetime | None = None
     events_folded: int = 0
+    # the newest observation time of any GPU sample folded: a run at or after it cannot hold
+    # a sample older than its job's stored one (the scrape fold's precondition)
+    _gpu_newest: datetime | None = field(default=None, repr=False)
     # instant -> start of its DA period (see da_price_at)
     _da_starts: dict[datetime, datetime] = field(default_factory=dict, repr=False, compare=False)
 
@@ -122,30 +128,59 @@ class SiteState:
     def fold_gpu_rows(self, t: datetime, rows: Sequence[GpuRow]) -> None:
         """Fold GPU samples all observed at ``t``, in order: the same as folding each as a
         :class:`GpuTelemetry` record (a batch's samples of one instant fold in one call)."""
-        jobs, want_gpus, want_kw = self.gpu_jobs, self._wanting_gpus, self._wanting_kw
+        if not rows:
+            return
+        newest = self._gpu_newest
+        if len(rows) >= SCRAPE_FOLD_MIN and (newest is None or t >= newest):
+            self._fold_rows(t, self._fold_scrape(t, rows))
+        else:
+            self._fold_rows(t, rows)
+        if newest is None or t > newest:
+            self._gpu_newest = t
+        if self.last_event_time is None or t > self.last_event_time:
+            self.last_event_time = t
+        self.events_folded += len(rows)
+
+    def _fold_rows(self, t: datetime, rows: Sequence[GpuRow]) -> None:
+        """The per-sample fold (the contract, in order)."""
+        jobs, wanting = self.gpu_jobs, self._wanting
         get = jobs.get
         for row in rows:
-            job_id, c, gpus, kw, _, st = row
+            job_id = row[0]
             prev = get(job_id)
-            if prev is not None:
-                if prev[0] > t:
-                    continue  # an older sample arriving late never overrides a newer one
-                old = prev[1]
-                if old[5] in WANTING and (old[1] != c or st not in WANTING):
-                    del want_gpus[old[1]][job_id], want_kw[old[1]][job_id]
+            if prev is not None and prev[0] > t:
+                continue  # an older sample arriving late never overrides a newer one
+            st = row[5]
             if st in WANTING:
                 jobs[job_id] = (t, row)
-                want_gpus[c][job_id] = gpus
-                want_kw[c][job_id] = kw
-            elif st == "completed":
+                wanting[job_id] = row
+                continue
+            if st == "completed":
                 if prev is not None:
                     del jobs[job_id]
             else:
                 jobs[job_id] = (t, row)
-        if rows:
-            if self.last_event_time is None or t > self.last_event_time:
-                self.last_event_time = t
-            self.events_folded += len(rows)
+            if prev is not None and prev[1][5] in WANTING:
+                del wanting[job_id]
+
+    def _fold_scrape(self, t: datetime, rows: Sequence[GpuRow]) -> Sequence[GpuRow]:
+        """Fold the samples of running or paused jobs of a run of distinct jobs, none older
+        than its job's stored sample (the caller's check), with two dict updates; return the
+        samples left for :meth:`_fold_rows` (the other states; every sample when a job
+        repeats). Distinct jobs touch distinct keys, so folding them in two groups equals
+        folding them in order. Measured on 1,000-job scrapes: ~0.15 us per sample against
+        ~0.5 us for the per-sample loop."""
+        ids = list(map(_JOB_ID, rows))
+        if len(set(ids)) != len(ids):
+            return rows
+        rest: Sequence[GpuRow] = ()
+        if not set(map(_STATE, rows)) <= WANTING:
+            mask = list(map(WANTING.__contains__, map(_STATE, rows)))
+            rest = list(compress(rows, map(not_, mask)))
+            rows, ids = list(compress(rows, mask)), list(compress(ids, mask))
+        self.gpu_jobs.update(zip(ids, zip(repeat(t), rows)))
+        self._wanting.update(zip(ids, rows))
+        return rest
 
     # -- queries -----------------------------------------------------------------------
     def da_price_at(self, t: datetime) -> float | None:
@@ -171,17 +206,17 @@ class SiteState:
     def gpu_demand(self) -> dict[GpuClass, GpuDemand]:
         """Running and paused jobs per class. Power is an exact sum (``math.fsum``): it does not
         depend on the order the samples were folded in (per sample or a batch at a time)."""
-        out = {}
-        for c in GPU_CLASSES:
-            g = self._wanting_gpus[c]
-            out[c] = GpuDemand(sum(g.values()), math.fsum(self._wanting_kw[c].values()), len(g))
-        return out
+        by_class: dict[GpuClass, list[GpuRow]] = {c: [] for c in GPU_CLASSES}
+        for row in self._wanting.values():
+            by_class[row[1]].append(row)
+        return {c: GpuDemand(sum(map(_GPUS, rows)), math.fsum(map(_KW, rows)), len(rows))
+                for c, rows in by_class.items()}
 
     def jobs_of_class(self, gpu_class: GpuClass) -> Iterator[GpuJob]:
         """Running and paused jobs of a class, by job id (each built as it is reached: the
         engine stops after the few it pauses)."""
         jobs = self.gpu_jobs
-        for j in sorted(self._wanting_gpus[gpu_class]):
+        for j in sorted(j for j, row in self._wanting.items() if row[1] == gpu_class):
             t, row = jobs[j]
             yield GpuJob(*row, t)
 

@@ -204,6 +204,13 @@ def _proven(site: Any, n: int, jobs: list, classes: list, gpus: list, power: lis
     power, util = _floats(power, *_POWER), _floats(util, *_UTIL)
     if power is None or util is None:
         return None
+    if stamps.count(stamps[0]) == n:  # a scrape: one instant for every sample
+        hit = _instant(stamps[0])
+        if hit is None:
+            return None
+        return GpuSamples(site_id=site, job_id=jobs, gpu_class=classes, gpus=gpus, power_kw=power, utilization=util,
+                          state=states, observed_at=[hit[0]] * n, observed_us=np.full(n, hit[1], dtype=np.int64),
+                          instant=hit[0])
     when: dict[str, datetime] = {}
     us: dict[str, int] = {}
     for text in set(stamps):

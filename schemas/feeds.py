@@ -292,12 +292,15 @@ class GpuSamples:
     state: Sequence[GpuJobState]
     observed_at: Sequence[datetime]
     observed_us: Sequence[int]
+    #: the observation time of every sample when the decoder saw only one (an exporter's
+    #: scrape), else None: readers skip the per-sample time columns then
+    instant: datetime | None = None
 
     def __len__(self) -> int:
         return len(self.job_id)
 
     def event_time(self) -> datetime:
-        return max(self.observed_at)
+        return self.instant if self.instant is not None else max(self.observed_at)
 
     def columns(self) -> dict[str, Any]:
         """``{field: column}`` for every GpuTelemetry field; ``site_id`` is one value for all."""

@@ -77,8 +77,14 @@ class WorkerSettings:
     # size: at 2k msg/s a write per fetch (26/s) kept the writer thread at 0.29 cores, 0.10 with
     # 0.25 s (bench_latency --trace). Actions are published before, so only offset commits wait.
     archive_interval_s: float = 0.25
-    # Events decided but not yet durable (archived + acked) at most; then the fetch loop waits.
+    # Events (messages) decided but not yet durable (archived + acked) at most; then the fetch
+    # loop waits.
     max_inflight_events: int = 40_000
+    # The same bound in archive rows: a GPU telemetry batch message is one event and a row per
+    # sample. Batch rows wait as Arrow (ArchiveBatch.seal, ~0.1 kB each: ~50 MB at the bound).
+    # Below ~2 group commits' worth of rows the fetch loop waits for every write (1,000-job
+    # scrapes, bench_stream.py --only scrape: 40k rows 161k samples/s, 500k 267k, 1M 308k).
+    max_inflight_rows: int = 500_000
     # DuckDB memory limit of the worker's archive (0: DuckDB's default, 80% of RAM). Without a
     # limit the archive's buffer pool keeps what was written, so the worker's memory grows with
     # the archive (sinks/archive.py Archive). 64 MB keeps it flat: a 10-minute soak at 10k msg/s

@@ -68,6 +68,9 @@ class BatchConsumer(faust_aiokafka.Consumer):
         self._acked_next: dict[TP, int] = {}
         self._acked_generation: int | None = None
         self._commit_task: asyncio.Future[bool] | None = None
+        #: partitions with records fetched (the consumer's position already past them) and not
+        #: yet handed to the handler: their position is not where their next delivery starts
+        self.in_hand: frozenset[int] = frozenset()
 
     def _new_consumer_thread(self) -> BatchConsumerThread:
         return BatchConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -81,41 +84,11 @@ class BatchConsumer(faust_aiokafka.Consumer):
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 records, active = await self._wait_next_records(1.0)
-                await asyncio.sleep(0)
-                if not records or self.should_stop:
-                    continue
-                if not self.flow_active:
-                    # a rebalance started while we fetched: drop the records (Faust does the
-                    # same) and let the consumer seek back to the committed offsets
-                    try:
-                        await self.perform_seek()
-                    except Exception as exc:
-                        self.log.warning(f"exception performing seek when flow not active {exc}")
-                    continue
-                buffered = self._buffered_partitions
-                batch = {tp: recs for tp, recs in records.items()
-                         if recs and (active is None or tp in active or tp in buffered)}
-                if not batch:
-                    continue
-                generation_id = self.app.consumer_generation_id
-                for n, step in enumerate(split_steps(batch, self.step_max)):
-                    if n:
-                        await asyncio.sleep(0)  # let the producer and the timers run between steps
-                        if not self.flow_active or self.app.consumer_generation_id != generation_id:
-                            # a rebalance started mid-fetch: drop the rest and seek back (as above)
-                            try:
-                                await self.perform_seek()
-                            except Exception as exc:
-                                self.log.warning(f"exception performing seek when flow not active {exc}")
-                            break
-                    await handler(step, generation_id)
-                commit_every = self._commit_every
-                if commit_every is not None and self._n_acked >= commit_every and not self._committing():
-                    # in the background: an OffsetCommit round trip (10-50 ms under load) awaited
-                    # here held up every record fetched meanwhile, a price included
-                    self._n_acked = 0
-                    self._commit_task = asyncio.ensure_future(self.commit())
-                    self._commit_task.add_done_callback(self._commit_done)
+                self.in_hand = frozenset(tp.partition for tp in records) if records else frozenset()
+                try:
+                    await self._handle_fetch(handler, records, active)
+                finally:
+                    self.in_hand = frozenset()
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
                 self.log.info("Broker stopped consumer, shutting down...")
@@ -129,6 +102,45 @@ class BatchConsumer(faust_aiokafka.Consumer):
         except Exception as exc:
             self.log.exception("Drain messages raised: %r", exc)
             raise
+
+    async def _handle_fetch(self, handler: BatchHandler, records: Mapping[TP, Sequence[Any]],
+                            active: Any) -> None:  # pragma: no cover - needs a broker
+        """One fetch's records to the handler, in steps of at most ``step_max`` records."""
+        await asyncio.sleep(0)
+        if not records or self.should_stop:
+            return
+        if not self.flow_active:
+            # a rebalance started while we fetched: drop the records (Faust does the
+            # same) and let the consumer seek back to the committed offsets
+            try:
+                await self.perform_seek()
+            except Exception as exc:
+                self.log.warning(f"exception performing seek when flow not active {exc}")
+            return
+        buffered = self._buffered_partitions
+        batch = {tp: recs for tp, recs in records.items()
+                 if recs and (active is None or tp in active or tp in buffered)}
+        if not batch:
+            return
+        generation_id = self.app.consumer_generation_id
+        for n, step in enumerate(split_steps(batch, self.step_max)):
+            if n:
+                await asyncio.sleep(0)  # let the producer and the timers run between steps
+                if not self.flow_active or self.app.consumer_generation_id != generation_id:
+                    # a rebalance started mid-fetch: drop the rest and seek back (as above)
+                    try:
+                        await self.perform_seek()
+                    except Exception as exc:
+                        self.log.warning(f"exception performing seek when flow not active {exc}")
+                    break
+            await handler(step, generation_id)
+        commit_every = self._commit_every
+        if commit_every is not None and self._n_acked >= commit_every and not self._committing():
+            # in the background: an OffsetCommit round trip (10-50 ms under load) awaited
+            # here held up every record fetched meanwhile, a price included
+            self._n_acked = 0
+            self._commit_task = asyncio.ensure_future(self.commit())
+            self._commit_task.add_done_callback(self._commit_done)
 
     def _committing(self) -> bool:
         return self._commit_task is not None and not self._commit_task.done()

@@ -300,8 +300,18 @@ class Pipeline:
         """A GPU telemetry batch: archived as columns, merged as one item per distinct observation
         time (a scrape has one), each item released and folded as the per-sample path would
         release and fold its samples one by one. Returns how many samples arrived late."""
-        us = np.asarray(samples.observed_us, dtype=np.int64)
         last = lane.processor.clock.last_decided
+        t = samples.instant
+        if t is not None:  # a scrape: one run, no numpy (each numpy pass over ~1,000 values
+            # releases the GIL and may wait for the archive writer to give it back)
+            n_late = len(samples) if last is not None and t <= last else 0
+            batch.add_input_columns(feed_name, {**samples.columns(), "observed_at": t}, topic=m.topic,
+                                    partition=m.partition, offset=m.offset,
+                                    late=np.ones(n_late, dtype=bool) if n_late else None)
+            lane.push(feed_name, t, _GpuRun(t, list(zip(samples.job_id, samples.gpu_class, samples.gpus,
+                                                       samples.power_kw, samples.utilization, samples.state))))
+            return n_late
+        us = np.asarray(samples.observed_us, dtype=np.int64)
         late = None if last is None else us <= epoch_us(last)
         batch.add_input_columns(feed_name, {**samples.columns(), "observed_at": us}, topic=m.topic,
                                 partition=m.partition, offset=m.offset, late=late)

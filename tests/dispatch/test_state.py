@@ -10,6 +10,7 @@ from itertools import groupby
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import dispatch.state
 from dispatch.state import WANTING, SiteState
 from schemas.base import GPU_CLASSES
 from schemas.feeds import GpuTelemetry
@@ -54,9 +55,17 @@ def test_batched_fold_equals_per_sample_fold_and_the_plain_contract(samples):
     runs = SiteState("sample")
     for t, group in groupby(samples, key=lambda g: g.observed_at):  # adjacent samples of one instant
         runs.fold_gpu_rows(t, [as_row(g) for g in group])
+    # the scrape fold (dict updates) for every run, however short, where its check allows it
+    scrapes = SiteState("sample")
+    floor, dispatch.state.SCRAPE_FOLD_MIN = dispatch.state.SCRAPE_FOLD_MIN, 1
+    try:
+        for t, group in groupby(samples, key=lambda g: g.observed_at):
+            scrapes.fold_gpu_rows(t, [as_row(g) for g in group])
+    finally:
+        dispatch.state.SCRAPE_FOLD_MIN = floor
 
     ref = reference_jobs(samples)
-    for s in (one, runs):
+    for s in (one, runs, scrapes):
         assert {j: (t, row) for j, (t, row) in s.gpu_jobs.items()} == {
             j: (g.observed_at, as_row(g)) for j, g in ref.items()}
         demand = s.gpu_demand()
@@ -67,6 +76,18 @@ def test_batched_fold_equals_per_sample_fold_and_the_plain_contract(samples):
             assert [(j.job_id, j.gpus) for j in s.jobs_of_class(c)] == sorted((g.job_id, g.gpus) for g in want)
         assert s.events_folded == len(samples)
         assert s.last_event_time == (max(g.observed_at for g in samples) if samples else None)
+
+
+def test_a_scrape_folds_with_dict_updates_only_when_nothing_in_it_can_be_late(monkeypatch):
+    calls = []
+    monkeypatch.setattr(SiteState, "_fold_scrape", lambda self, t, rows: calls.append(len(rows)) or rows)
+    rows = [as_row(f.gpu_sample(f"j{i}")) for i in range(dispatch.state.SCRAPE_FOLD_MIN)]
+    s = SiteState("sample")
+    s.fold_gpu_rows(f.T0 + timedelta(minutes=1), rows)
+    s.fold_gpu_rows(f.T0 + timedelta(minutes=1), rows)  # the same instant again: nothing is newer
+    s.fold_gpu_rows(f.T0, rows)  # older than the newest folded: a job's stored sample may be newer
+    s.fold_gpu_rows(f.T0 + timedelta(minutes=2), rows[:-1])  # under the floor: the per-sample loop
+    assert calls == [len(rows), len(rows)]
 
 
 def test_demand_power_does_not_depend_on_fold_order():

@@ -552,6 +552,53 @@ def test_columns_and_records_in_one_batch_deduplicate_first_wins(arch: Archive):
     assert arch.connection().execute("SELECT DISTINCT kafka_offset FROM gpu_telemetry").fetchall() == [(1,)]
 
 
+def test_consecutive_column_sets_and_sealed_rows_make_the_rows_added_in_order(arch: Archive):
+    # batch messages of every form the pipeline hands over, one after the other (converted
+    # together), records between them, and seal() at any point: the same table as per record
+    recs = [f.gpu_sample(f"j{i % 6}", minute=i // 3, power_kw=0.1 * i) for i in range(30)]
+    scrape_a = [f.gpu_sample(f"s{i}", minute=20) for i in range(4)]
+    scrape_b = [f.gpu_sample(f"s{i}", minute=21, state="paused") for i in range(3)]
+    parts = [("cols", recs[0:5], None, False), ("scrape", scrape_a, 7, False), ("scrape", scrape_b, 8, True),
+             ("cols", recs[5:9], 9, True), ("records", recs[9:12], None, False), ("cols", recs[12:20], 13, False),
+             ("records", recs[20:22], 14, False), ("scrape", scrape_a, None, False), ("cols", recs[22:30], 15, False)]
+    expected = ArchiveBatch()
+    for seal_after in (None, 0, 2, 4, 8):
+        b = ArchiveBatch()
+        for k, (kind, rs, offset, late) in enumerate(parts):
+            flags = [late and i % 2 == 0 for i in range(len(rs))]
+            if seal_after is None:  # the reference: every row added as a record
+                for r, flag in zip(rs, flags):
+                    expected.add_input("gpu_telemetry", r, topic="t", partition=1, offset=offset, late=flag)
+            if kind == "records":
+                for r, flag in zip(rs, flags):
+                    b.add_input("gpu_telemetry", r, topic="t", partition=1, offset=offset, late=flag)
+            else:
+                cols = _gpu_columns(rs)
+                if kind == "scrape":  # one instant: the pipeline gives it as one datetime
+                    cols["observed_at"] = rs[0].observed_at
+                b.add_input_columns("gpu_telemetry", cols, topic="t", partition=1, offset=offset,
+                                    late=np.array(flags) if late else None)
+            if seal_after is not None and k in (seal_after, seal_after + 1):
+                b.seal()
+        if seal_after is None:
+            continue
+        assert len(b) == len(expected) and b.counts() == expected.counts()
+        assert b.to_arrow()["gpu_telemetry"].equals(expected.to_arrow()["gpu_telemetry"]), seal_after
+    # scrape_a delivered twice: its second copy is an in-batch duplicate (the first wins)
+    assert arch.write_batch(b).inserted == {"gpu_telemetry": len(expected) - len(scrape_a)}
+
+
+def test_seal_leaves_feeds_of_single_records_to_the_writer():
+    b = ArchiveBatch()
+    b.add_input("gpu_telemetry", f.gpu_sample("a"), topic="t", partition=0, offset=1)
+    b.seal()
+    assert b._feeds["gpu_telemetry"].records and not b._feeds["gpu_telemetry"].sealed
+    b.add_input_columns("gpu_telemetry", _gpu_columns([f.gpu_sample("b")]), topic="t", partition=0, offset=2)
+    b.seal()
+    rows = b._feeds["gpu_telemetry"]
+    assert not rows.records and not rows.column_sets and rows.sealed_rows == len(b) == 2
+
+
 def test_columns_must_be_every_field_of_one_length():
     b = ArchiveBatch()
     cols = _gpu_columns([f.gpu_sample("a"), f.gpu_sample("b")])

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dispatch.processor import SiteProcessor, run_in_process
-from schemas.codec import decode_samples, encode, encode_gpu_columns
+from schemas.codec import decode_gpu, decode_samples, encode, encode_gpu_columns
 from schemas.feeds import GpuTelemetry, GpuTelemetryBatch
 from schemas.site import load_sample_site
 from schemas.topics import INPUT_FEEDS
@@ -272,8 +272,9 @@ def demo_events() -> list:
 
 def _message_plan(ev: list, per_message: int, seed: int | None) -> list[list]:
     """Events grouped as the batched stream sends them: each list is one message (GPU samples
-    of a batch in list order, ``per_message`` at most, sent where its last sample was; any
-    other event alone). ``seed``: shuffle the samples inside each batch (exporters need not
+    of a batch in list order, ``per_message`` at most, or with ``per_message=0`` the samples
+    of one instant, as an exporter's scrape; sent where its last sample was; any other event
+    alone). ``seed``: shuffle the samples inside each batch (exporters need not
     sort a scrape). Late samples (long decided) close the stream."""
     late = [f.gpu_sample("late-a", "batch", minute=20), f.gpu_sample("late-b", "inference", minute=20),
             f.gpu_sample("late-b", "inference", minute=25, state="completed")]
@@ -282,8 +283,11 @@ def _message_plan(ev: list, per_message: int, seed: int | None) -> list[list]:
         if not isinstance(e, GpuTelemetry):
             plan.append([e])
             continue
+        if per_message == 0 and buf and buf[-1].observed_at != e.observed_at:  # scrapes: one instant each
+            plan.append(buf)
+            buf = []
         buf.append(e)
-        if len(buf) == per_message or e is late[0]:
+        if len(buf) == per_message or (per_message and e is late[0]):
             plan.append(buf)
             buf = []
     plan.append(buf)
@@ -316,11 +320,13 @@ GPU_ROWS = ("SELECT site_id, job_id, gpu_class, gpus, power_kw, utilization, sta
 
 
 @pytest.mark.parametrize("form, per_message, seed", [
-    ("rows", 7, None), ("columns", 300, None), ("columns", 1000, 3), ("rows", 4000, 5)])
+    ("rows", 7, None), ("columns", 300, None), ("columns", 1000, 3), ("rows", 4000, 5), ("columns", 0, 7)])
 # (the late samples fold when released, as live: the in-process engine on event-time-ordered
 # input is compared with the per-sample stream in test_live_decisions_equal_the_in_process_engine...)
 def test_same_samples_per_sample_or_batched_give_identical_actions_and_archive(demo_events, tmp_path, form,
-                                                                              per_message, seed):
+                                                                              per_message, seed, monkeypatch):
+    if per_message == 0:  # scrapes: one instant per message, every run folded as a scrape
+        monkeypatch.setattr("dispatch.state.SCRAPE_FOLD_MIN", 1)
     plan = _message_plan(demo_events, per_message, seed)
     # sent one by one, a shuffled batch's samples go in time order (stable: an instant's samples
     # keep the batch's order), as the merge orders them; unsorted, later ones would make the
@@ -337,6 +343,8 @@ def test_same_samples_per_sample_or_batched_give_identical_actions_and_archive(d
             value = encode_gpu_columns(m)
         batched.append(msg(named(m[0]), value, offset=i))
     assert len(batched) < len(single) / 5 if per_message > 7 else len(batched) < len(single)
+    if per_message == 0:
+        assert len({decode_gpu(m.value).instant for m in batched if "gpu" in m.topic} - {None}) > 100
 
     s_actions, s_late = _run(single, tmp_path / "single.duckdb")
     b_actions, b_late = _run(batched, tmp_path / "batched.duckdb")
