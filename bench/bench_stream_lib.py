@@ -28,11 +28,12 @@ def add_worker_args(ap) -> None:
     ap.add_argument("--set", action="append", default=[], help="WorkerSettings field=value for the workers")
     ap.add_argument("--gc", choices=("tuned", "default"), default="tuned",
                     help="workers' GC thresholds: wattmix worker's (tuned) or Python's (default), for A/B")
+    ap.add_argument("--worker-loglevel", default="WARNING", help="workers' log level (INFO: takeovers, late timers)")
 
 
 def worker_args(args) -> list[str]:
     """``bench_stream_worker.py`` options from :func:`add_worker_args`'s."""
-    return [x for s in args.set for x in ("--set", s)] + ["--gc", args.gc]
+    return [x for s in args.set for x in ("--set", s)] + ["--gc", args.gc, "--loglevel", args.worker_loglevel]
 
 
 def machine_line() -> str:

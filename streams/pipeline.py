@@ -302,8 +302,7 @@ class Pipeline:
         release and fold its samples one by one. Returns how many samples arrived late."""
         last = lane.processor.clock.last_decided
         t = samples.instant
-        if t is not None:  # a scrape: one run, no numpy (each numpy pass over ~1,000 values
-            # releases the GIL and may wait for the archive writer to give it back)
+        if t is not None:  # a scrape (one instant): one run, no pass over its times
             n_late = len(samples) if last is not None and t <= last else 0
             batch.add_input_columns(feed_name, {**samples.columns(), "observed_at": t}, topic=m.topic,
                                     partition=m.partition, offset=m.offset,

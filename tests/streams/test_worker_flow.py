@@ -1,6 +1,7 @@
-"""The worker's timer confirms an assigned partition that delivers nothing from the consumer's
-positions, and leaves a partition whose records are on their way to its first batch (its
-position is then past them: taken for a gap, it caused a needless takeover)."""
+"""The worker's flow control without a broker: the timer confirms an assigned partition that
+delivers nothing from the consumer's positions, and leaves a partition whose records are on
+their way to its first batch (its position is then past them: taken for a gap, it caused a
+needless takeover); the fetch loop waits while too many messages or archive rows are pending."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from faust.types import TP
 
 from schemas.site import load_sample_site
 from streams.app import TopicNames, WorkerSettings
+from sinks.archive import ArchiveBatch
 from streams.worker import DispatchWorker
+from tests import factories as f
 
 
 class FakeConsumer:
@@ -63,3 +66,34 @@ def test_a_partition_with_records_on_their_way_waits_for_its_first_batch(worker)
     seen = confirmed_after_tick(worker, FakeConsumer(topics, {0: 53, 1: 1440, 2: 9}, {0: 1440, 1: 1440, 2: 9},
                                                      in_hand=frozenset({1})))
     assert seen == {2: dict.fromkeys(topics, 9)}
+
+
+def _rows(n: int) -> ArchiveBatch:
+    b = ArchiveBatch()
+    b.add_inputs("gpu_telemetry", [f.gpu_sample(f"j{i}") for i in range(n)])
+    return b
+
+
+@pytest.mark.parametrize("open_rows, writing_rows, open_events, writing_events, waits", [
+    (3, 0, 1, 0, False), (2, 2, 1, 1, True), (0, 5, 0, 1, True),   # rows over max_inflight_rows (3)
+    (1, 0, 3, 2, True), (1, 1, 2, 1, False),                          # messages over max_inflight_events (3)
+])
+def test_the_fetch_loop_waits_while_too_many_rows_or_messages_are_pending(tmp_path, open_rows, writing_rows,
+                                                                         open_events, writing_events, waits):
+    w = DispatchWorker(WorkerSettings(kafka="127.0.0.1:1", db=str(tmp_path / "a.duckdb"), sites=(load_sample_site(),),
+                                      topics=TopicNames(".flow"), max_inflight_events=3, max_inflight_rows=3))
+    try:
+        w.app.consumer = FakeConsumer([], {}, {})
+        w._open.batch, w._open.events = _rows(open_rows), open_events
+        w._writing_rows, w._writing_events = writing_rows, writing_events
+
+        async def one_batch() -> bool:
+            try:
+                await asyncio.wait_for(w._on_batch({}, 0), timeout=0.3)
+            except asyncio.TimeoutError:
+                return True
+            return False
+
+        assert asyncio.run(one_batch()) is waits
+    finally:
+        w.close()
