@@ -388,7 +388,9 @@ class _FeedRows:
     into an Arrow column only at :meth:`to_arrow` time: ``add_input`` allocates nothing per
     row, and a column is one C-level ``map(attrgetter)`` pass. Batches added as columns
     (:meth:`ArchiveBatch.add_input_columns`) are kept as columns and placed, in the table,
-    after the records added before them."""
+    after the records added before them. :meth:`seal` turns everything added so far into an
+    Arrow table at once (the worker does it per step when batch messages came in); the table
+    is the sealed tables, then what was added after, in order."""
 
     __slots__ = ("spec", "records", "topic", "partition", "offset", "late", "column_sets", "column_rows", "sealed",
                  "sealed_rows")
