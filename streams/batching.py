@@ -71,6 +71,8 @@ class BatchConsumer(faust_aiokafka.Consumer):
         #: partitions with records fetched (the consumer's position already past them) and not
         #: yet handed to the handler: their position is not where their next delivery starts
         self.in_hand: frozenset[int] = frozenset()
+        #: the first offset of each topic-partition in that fetch (where its delivery starts)
+        self.in_hand_firsts: dict[TP, int] = {}
 
     def _new_consumer_thread(self) -> BatchConsumerThread:
         return BatchConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -85,10 +87,11 @@ class BatchConsumer(faust_aiokafka.Consumer):
             while not (consumer_should_stop() or fetcher_should_stop()):
                 records, active = await self._wait_next_records(1.0)
                 self.in_hand = frozenset(tp.partition for tp in records) if records else frozenset()
+                self.in_hand_firsts = {tp: recs[0].offset for tp, recs in records.items() if recs} if records else {}
                 try:
                     await self._handle_fetch(handler, records, active)
                 finally:
-                    self.in_hand = frozenset()
+                    self.in_hand, self.in_hand_firsts = frozenset(), {}
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
                 self.log.info("Broker stopped consumer, shutting down...")

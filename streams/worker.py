@@ -181,8 +181,7 @@ class DispatchWorker:
         async with self._lock:
             group = self._open
             for p in {tp.partition for tp in records} - self._confirmed:
-                await self._confirm_ownership(p, {tp.topic: recs[0].offset for tp, recs in records.items()
-                                                  if tp.partition == p}, group)
+                await self._confirm_ownership(p, await self._delivery_starts(p, records), group)
             msgs: list[Any] = []
             coverage = self.coverage
             for tp, recs in records.items():
@@ -249,6 +248,31 @@ class DispatchWorker:
             else:
                 if p not in getattr(consumer, "in_hand", frozenset()):  # fetched while we awaited
                     await self._confirm_ownership(p, firsts, self._open)
+
+    async def _delivery_starts(self, partition: int, records: Mapping[TP, Sequence[Any]]) -> dict[str, int]:
+        """Where each input topic of ``partition`` starts delivering to this worker: the first
+        offset of its records in this step, else in the fetch in hand (a later step), else the
+        consumer's position (nothing of it in hand). Every topic, so that a gap on a topic with
+        no records in this step is seen too (e.g. prices the previous owner consumed while
+        this step brings only telemetry)."""
+        consumer = self.app.consumer
+        fetched = getattr(consumer, "in_hand_firsts", {})
+        out: dict[str, int] = {}
+        for topic in self.settings.topics.inputs.values():
+            tp = TP(topic, partition)
+            recs = records.get(tp)
+            if recs:
+                out[topic] = recs[0].offset
+            elif tp in fetched:
+                out[topic] = fetched[tp]
+            else:
+                try:
+                    pos = await asyncio.wait_for(consumer.position(tp), timeout=1.0)
+                except Exception:  # not assigned or not known: this step's topics decide alone
+                    continue
+                if pos is not None:
+                    out[topic] = pos
+        return out
 
     def _unconfirmed_assigned(self) -> bool:
         try:

@@ -20,8 +20,9 @@ from tests import factories as f
 
 class FakeConsumer:
     def __init__(self, topics: list[str], positions: dict[int, int], highwaters: dict[int, int | None],
-                 in_hand: frozenset[int] = frozenset()) -> None:
+                 in_hand: frozenset[int] = frozenset(), in_hand_firsts: dict | None = None) -> None:
         self.topics, self.positions, self.highwaters, self.in_hand = topics, positions, highwaters, in_hand
+        self.in_hand_firsts = in_hand_firsts or {}
 
     def assignment(self) -> set[TP]:
         return {TP(t, p) for t in self.topics for p in self.positions}
@@ -66,6 +67,23 @@ def test_a_partition_with_records_on_their_way_waits_for_its_first_batch(worker)
     seen = confirmed_after_tick(worker, FakeConsumer(topics, {0: 53, 1: 1440, 2: 9}, {0: 1440, 1: 1440, 2: 9},
                                                      in_hand=frozenset({1})))
     assert seen == {2: dict.fromkeys(topics, 9)}
+
+
+class Rec:
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+
+
+def test_a_first_batch_confirms_from_every_topic_of_its_partition(worker):
+    # the step brings telemetry only; the fetch in hand has prices for a later step; the other
+    # feeds have nothing in hand: their positions are where their deliveries start
+    t = worker.settings.topics
+    gpu, prices = t.feed("gpu_telemetry"), t.feed("grid_prices")
+    others = [x for x in t.inputs.values() if x not in (gpu, prices)]
+    worker.app.consumer = FakeConsumer([], {2: 40}, {}, in_hand=frozenset({2}),
+                                       in_hand_firsts={TP(gpu, 2): 7, TP(prices, 2): 12})
+    starts = asyncio.run(worker._delivery_starts(2, {TP(gpu, 2): [Rec(7), Rec(8)]}))
+    assert starts == {gpu: 7, prices: 12, **dict.fromkeys(others, 40)}
 
 
 def _rows(n: int) -> ArchiveBatch:
