@@ -68,11 +68,15 @@ class BatchConsumer(faust_aiokafka.Consumer):
         self._acked_next: dict[TP, int] = {}
         self._acked_generation: int | None = None
         self._commit_task: asyncio.Future[bool] | None = None
-        #: partitions with records fetched (the consumer's position already past them) and not
-        #: yet handed to the handler: their position is not where their next delivery starts
-        self.in_hand: frozenset[int] = frozenset()
-        #: the first offset of each topic-partition in that fetch (where its delivery starts)
+        #: the first offset of each topic-partition with records fetched (the consumer's
+        #: position already past them) and not yet handed to the handler: where its delivery
+        #: starts, which its position no longer says
         self.in_hand_firsts: dict[TP, int] = {}
+
+    @property
+    def in_hand(self) -> frozenset[int]:
+        """Partitions with records fetched and not yet handed to the handler."""
+        return frozenset(tp.partition for tp in self.in_hand_firsts)
 
     def _new_consumer_thread(self) -> BatchConsumerThread:
         return BatchConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -86,12 +90,11 @@ class BatchConsumer(faust_aiokafka.Consumer):
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 records, active = await self._wait_next_records(1.0)
-                self.in_hand = frozenset(tp.partition for tp in records) if records else frozenset()
                 self.in_hand_firsts = {tp: recs[0].offset for tp, recs in records.items() if recs} if records else {}
                 try:
                     await self._handle_fetch(handler, records, active)
                 finally:
-                    self.in_hand, self.in_hand_firsts = frozenset(), {}
+                    self.in_hand_firsts = {}
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
                 self.log.info("Broker stopped consumer, shutting down...")
