@@ -96,10 +96,15 @@ class _GpuRun:
     rows: list[GpuRow]
 
 
-def _runs_by_time(s: GpuSamples, us: np.ndarray) -> Iterator[_GpuRun]:
+def _runs_by_time(s: GpuSamples, us: np.ndarray | None) -> Iterator[_GpuRun]:
     """The batch's samples grouped by observation time, in time order (stable: samples of one
-    instant keep their order in the message)."""
+    instant keep their order in the message); ``us``: their epoch microseconds, not needed for
+    a batch of one instant (``s.instant``, a scrape: one run, no pass over its times)."""
     rows = list(zip(s.job_id, s.gpu_class, s.gpus, s.power_kw, s.utilization, s.state))
+    if s.instant is not None:
+        yield _GpuRun(s.instant, rows)
+        return
+    assert us is not None
     times = s.observed_at
     if len(us) > 1 and bool((us[1:] < us[:-1]).any()):
         order = np.argsort(us, kind="stable")
@@ -302,22 +307,21 @@ class Pipeline:
         release and fold its samples one by one. Returns how many samples arrived late."""
         last = lane.processor.clock.last_decided
         t = samples.instant
-        if t is not None:  # a scrape (one instant): one run, no pass over its times
+        us: np.ndarray | None = None
+        if t is not None:  # a scrape (one instant): archived as one value, no pass over its times
+            observed: Any = t
             n_late = len(samples) if last is not None and t <= last else 0
-            batch.add_input_columns(feed_name, {**samples.columns(), "observed_at": t}, topic=m.topic,
-                                    partition=m.partition, offset=m.offset,
-                                    late=np.ones(n_late, dtype=bool) if n_late else None)
-            lane.push(feed_name, t, _GpuRun(t, list(zip(samples.job_id, samples.gpu_class, samples.gpus,
-                                                       samples.power_kw, samples.utilization, samples.state))))
-            return n_late
-        us = np.asarray(samples.observed_us, dtype=np.int64)
-        late = None if last is None else us <= epoch_us(last)
-        batch.add_input_columns(feed_name, {**samples.columns(), "observed_at": us}, topic=m.topic,
+            late = np.ones(n_late, dtype=bool) if n_late else None
+        else:
+            observed = us = np.asarray(samples.observed_us, dtype=np.int64)
+            late = None if last is None else us <= epoch_us(last)
+            n_late = 0 if late is None else int(late.sum())
+        batch.add_input_columns(feed_name, {**samples.columns(), "observed_at": observed}, topic=m.topic,
                                 partition=m.partition, offset=m.offset, late=late)
         push = lane.push
         for run in _runs_by_time(samples, us):
             push(feed_name, run.t, run)
-        return 0 if late is None else int(late.sum())
+        return n_late
 
     def _release(self, res: StepResult, idle: IdleFn) -> None:
         for site_id, lane in self.lanes.items():
