@@ -13,6 +13,17 @@ decision time can recover (issue 3's 95% goal).
    the other 11 months, i.e. with more data than any online learner has) is what the
    information generalizes to. A bound that needs cells of a few intervals is hindsight, not
    information.
+3. Oracle bounds: myopic plus perfect knowledge of every spike onset (the realized price
+   crosses the breakeven upwards), or of every spike end: how much of the gap each would close.
+4. A learned bound (needs scikit-learn: ``pip install -e '.[bench]'``; skipped without it):
+   gradient-boosted trees fit offline on 20 features of what is known at t (the last 4 RT
+   prices, trend, DA of the hour before/now/after, DA-RT gap, hour, quarter, weekend, 8-interval
+   volatility, the day's max, spike counts over a day and a week, yesterday's price, the
+   breakeven), as a cost-sensitive classifier (label: p_t > breakeven, weight |p_t - breakeven|
+   x MW: curtailing iff the weighted probability > 1/2 is the risk-neutral rule for a decision
+   whose value is linear in p_t). Scored leave-one-month-out (11 months of training data for
+   each month, more than an online learner ever has) and forward (months before only, the
+   online setting; January falls back to myopic), with two model sizes.
 """
 
 from __future__ import annotations
@@ -140,6 +151,105 @@ def information_bounds(site, runs, da) -> list[tuple[str, float, float, float]]:
     return rows
 
 
+def _fleet_values(site, runs):
+    """Per fleet: (breakeven per interval, value of curtailing it per interval $)."""
+    h = site.interval_minutes / 60.0
+    base = runs["always_on"]
+    p = np.asarray(base["price_realized_usd_mwh"])
+    hp = np.asarray(base["hashprice_usd_per_ph_day"], float)
+    out = []
+    for f in site.miner_fleets:
+        be = np.array([f.breakeven_grid_usd_mwh(x) for x in hp])
+        out.append((be, (p - be) * f.grid_mw_per_unit * f.units * h))
+    return out
+
+
+def oracle_bounds(site, runs) -> list[tuple[str, float]]:
+    """% of perfect foresight's mining value reached by myopic plus perfect knowledge of ..."""
+    pk = np.asarray(runs["always_on"]["price_known_usd_mwh"])
+    p = np.asarray(runs["always_on"]["price_realized_usd_mwh"])
+    fleets = _fleet_values(site, runs)
+    pf_total = sum(np.maximum(v, 0).sum() for _, v in fleets)
+    rules = {
+        "myopic": lambda be: pk > be,
+        "myopic + every onset known": lambda be: (pk > be) | (p > be),
+        "myopic + every end known": lambda be: (pk > be) & (p > be),
+    }
+    return [(label, 100 * sum(v[rule(be)].sum() for be, v in fleets) / pf_total) for label, rule in rules.items()]
+
+
+def _known_features(runs, da) -> tuple[np.ndarray, np.ndarray]:
+    """(features known at t for every interval, CPT month). Column k of a lag is the price of
+    [t-(k+1)d, t-kd): the last known is ``price_known``; nothing of interval t or later."""
+    from datetime import timedelta
+
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    base = runs["always_on"]
+    ts = base["interval_start"]
+    pk = np.asarray(base["price_known_usd_mwh"], float)
+
+    def lag(a, k):
+        return np.r_[np.full(k, a[0]), a[:-k]]
+
+    def trailing(a, k, fn):
+        return fn(sliding_window_view(np.r_[np.full(k - 1, a[0]), a], k), axis=1)
+
+    local = [t.astimezone(CPT) for t in ts]
+    hour = np.array([x.hour for x in local])
+    quarter = np.array([x.minute // 15 for x in local])
+    weekend = np.array([x.weekday() >= 5 for x in local])
+    month = np.array([x.month for x in local])
+
+    def da_at(shift):
+        return np.array([da.get((t + timedelta(hours=shift)).replace(minute=0), np.nan) for t in ts])
+
+    dap = da_at(0)
+    spikes = np.r_[0, np.cumsum(pk > 150.0)]
+    idx = np.arange(1, len(pk) + 1)
+    x = np.c_[pk, lag(pk, 1), lag(pk, 2), lag(pk, 3), pk - lag(pk, 1), dap, da_at(1), da_at(-1), dap - pk,
+              hour, quarter, hour * 4 + quarter, weekend, trailing(pk, 8, np.std), trailing(pk, 96, np.max),
+              spikes[idx] - spikes[np.maximum(idx - 96, 0)], spikes[idx] - spikes[np.maximum(idx - 672, 0)],
+              lag(pk, 95)]  # lag 95 of the last known = the same interval yesterday
+    return x, month
+
+
+def learned_bounds(site, runs, da) -> list[tuple[str, float]] | None:
+    """% of perfect foresight's mining value reached by gradient-boosted trees (see module doc)."""
+    try:
+        from sklearn.ensemble import HistGradientBoostingClassifier
+    except ImportError:
+        return None
+    pk = np.asarray(runs["always_on"]["price_known_usd_mwh"], float)
+    x, month = _known_features(runs, da)
+    fleets = _fleet_values(site, runs)
+    pf_total = sum(np.maximum(v, 0).sum() for _, v in fleets)
+    sizes = {"15 leaves": {"max_leaf_nodes": 15, "learning_rate": 0.05, "max_iter": 200},
+             "31 leaves": {"max_leaf_nodes": 31, "learning_rate": 0.1, "max_iter": 200}}
+    out = []
+    for mode in ("leave-1-month-out", "forward"):
+        for size, kw in sizes.items():
+            got = 0.0
+            for be, v in fleets:
+                xf = np.c_[x, be, pk - be]
+                y = v > 0
+                w = np.abs(v) / np.abs(v).mean()
+                curtail = pk > be                  # a month with too little history stays myopic
+                for m in range(1, 13):
+                    test = month == m
+                    train = month != m if mode == "leave-1-month-out" else month < m
+                    if train.sum() < 2000:
+                        continue
+                    model = HistGradientBoostingClassifier(min_samples_leaf=50, l2_regularization=1.0,
+                                                           random_state=0, **kw)
+                    model.fit(xf[train], y[train], sample_weight=w[train])
+                    curtail[test] = model.predict_proba(xf[test])[:, 1] > 0.5
+                got += v[curtail].sum()
+            out.append((f"trees, {size}, {mode}", 100 * got / pf_total))
+            print(f"    ... {out[-1][0]}: {out[-1][1]:.1f}%", file=sys.stderr, flush=True)
+    return out
+
+
 def report(label, prices, bounds: bool) -> None:
     site, runs, da = run_year(prices)
     g = gap_by_term(site, runs)
@@ -157,6 +267,19 @@ def report(label, prices, bounds: bool) -> None:
         print(f"    {'partition of what is known at t':<36}{'cells':>8}{'hindsight':>11}{'leave-1-month-out':>19}")
         for lab, cells, hind, cv in information_bounds(site, runs, da):
             print(f"    {lab:<36}{cells:>8.0f}{hind:>10.1f}%{cv:>18.1f}%")
+        mining = sum(g["policy"][k] for k in g["policy"] if not k.startswith(("gpu", "net", "(")))
+        pf_mining = sum(g["perfect_foresight"][k] for k in g["policy"] if not k.startswith(("gpu", "net", "(")))
+        print(f"  the policy's mining value: {100 * mining / pf_mining:.1f}% of perfect foresight's")
+        print("  oracle bounds, % of perfect foresight's mining value:")
+        for lab, pct in oracle_bounds(site, runs):
+            print(f"    {lab:<36}{pct:>10.1f}%")
+        learned = learned_bounds(site, runs, da)
+        if learned is None:
+            print("  learned bound: skipped (needs scikit-learn: pip install -e '.[bench]')")
+        else:
+            print("  learned bound (gradient-boosted trees on 20 known features), % of the mining value:")
+            for lab, pct in learned:
+                print(f"    {lab:<36}{pct:>10.1f}%")
 
 
 def main() -> int:
