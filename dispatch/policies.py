@@ -12,7 +12,13 @@ dispatch that respects every constraint of the site:
 - GPU classes: best power-cap tier per interval (value x throughput - price x power); a class
   that is ``interruptible`` is paused when the dynamic program over the horizon says that the
   energy saved beats its checkpoint/restart cost, with the minimum pause honoured;
-  ``inference`` (not interruptible) keeps its SLA;
+  ``inference`` (not interruptible) keeps its SLA. A ``deferrable`` class (batch) has no pause
+  cost: its jobs stay in the demand (telemetry reports them ``paused``) and resume as soon as
+  running pays again, so the deferred work is caught up by the jobs running later, valued in
+  the intervals where it runs. The decision prices a deferral at the GPU-hours given up, which
+  is exact for a saturated cluster; when GPUs will be idle later, deferring costs less than
+  that, and the engine does not exploit it (no queue model). A backtest driven by a job trace
+  keeps the trace's end times, so there deferred work is lost, not caught up;
 - demand response and the interconnect are hard limits, met in DESIGN.md's shed order (mining
   least efficient first, then batch, training, inference), with any unavoidable shortfall
   reported; a fleet is not restarted when its minimum on-time would reach into a known event.
