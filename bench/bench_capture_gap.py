@@ -100,26 +100,18 @@ def gap_by_term(site, runs) -> dict[str, dict[str, float]]:
 
 def information_bounds(site, runs, da) -> list[tuple[str, float, float, float]]:
     """(partition, cells, in-hindsight %, leave-one-month-out %) of the mining value of PF."""
-    h = site.interval_minutes / 60.0
     base = runs["always_on"]
     ts = base["interval_start"]
-    p = np.asarray(base["price_realized_usd_mwh"])
     pk = np.asarray(base["price_known_usd_mwh"])
     p2 = np.r_[pk[0], pk[:-1]]
-    hp = np.asarray(base["hashprice_usd_per_ph_day"], float)
     local = [t.astimezone(CPT) for t in ts]
     hour = np.array([x.hour for x in local])
     month = np.array([x.month for x in local])
     dap = np.array([da.get(t.replace(minute=0), np.nan) for t in ts])
     trend = np.digitize(pk - p2, TREND_EDGES)
     rows = []
-    pf_total = 0.0
-    fleets = []
-    for f in site.miner_fleets:
-        be = np.array([f.breakeven_grid_usd_mwh(x) for x in hp])
-        v = (p - be) * f.grid_mw_per_unit * f.units * h
-        pf_total += np.maximum(v, 0).sum()
-        fleets.append((be, v))
+    fleets = _fleet_values(site, runs)
+    pf_total = sum(np.maximum(v, 0).sum() for _, v in fleets)
     partitions = {
         "myopic (last RT > breakeven)": lambda be: (pk > be).astype(int),
         "last RT - breakeven (12 buckets)": lambda be: np.digitize(pk - be, GAP_EDGES),
