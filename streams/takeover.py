@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +41,7 @@ from aiokafka.partitioner import murmur2
 
 from schemas.action import DispatchAction
 from schemas.codec import decode, decode_samples
+from schemas.dead_letter import DeadLetter
 from sinks.archive import DEAD_LETTERS_TABLE, FEED_TABLES, ArchiveBatch
 from streams.pipeline import FEED_ORDER, Incoming, Pipeline, RestoreReport
 from wattmix.errors import DecodeError
@@ -148,46 +149,75 @@ async def read_until(bootstrap: str, ends: Mapping[tuple[str, int], int | None],
     return out, {k: todo.get(k) or 0 for k in ends}
 
 
+async def read_keyed(bootstrap: str, topic: str, keys: Iterable[bytes], client_kwargs: Mapping[str, Any],
+                     ) -> list[Incoming]:
+    """Every record so far in the partitions of ``topic`` that hold ``keys`` (the default
+    partitioner puts each key in one partition), in log order per partition; other keys that
+    share those partitions come too. Nothing when the topic does not exist."""
+    probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, **client_kwargs)
+    await probe.start()
+    try:
+        await probe.topics()  # a Metadata request for every topic: the partition count below
+        partitions = len(probe.partitions_for_topic(topic) or ())
+    finally:
+        await probe.stop()
+    if not partitions:
+        return []
+    by_partition: dict[tuple[str, int], None] = {(topic, key_partition(k, partitions)): None for k in keys}
+    got, _ = await read_until(bootstrap, by_partition, client_kwargs)
+    return [m for msgs in got.values() for m in msgs]
+
+
 async def read_published_actions(bootstrap: str, actions_topic: str, site_ids: Iterable[str],
                                  client_kwargs: Mapping[str, Any]) -> dict[str, list[Incoming]]:
     """Every action published so far for ``site_ids`` (keyed by site id, so each site's actions
     are in one partition of ``actions_topic``), in publication order."""
     sites = {s.encode(): s for s in site_ids}
-    probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, **client_kwargs)
-    await probe.start()
-    try:
-        await probe.topics()  # a Metadata request for every topic: the partition count below
-        partitions = len(probe.partitions_for_topic(actions_topic) or ())
-    finally:
-        await probe.stop()
-    if not partitions:
-        return {s: [] for s in sites.values()}
-    by_partition: dict[tuple[str, int], None] = {(actions_topic, key_partition(k, partitions)): None for k in sites}
-    got, _ = await read_until(bootstrap, by_partition, client_kwargs)
     out: dict[str, list[Incoming]] = {s: [] for s in sites.values()}
-    for msgs in got.values():
-        for m in msgs:
-            site = sites.get(m.key or b"")
-            if site is not None:
-                out[site].append(m)
+    for m in await read_keyed(bootstrap, actions_topic, sites, client_kwargs):
+        site = sites.get(m.key or b"")
+        if site is not None:
+            out[site].append(m)
+    return out
+
+
+def dead_lettered(letters: Iterable[Incoming], partition: int, input_topics: Collection[str]) -> set[tuple[str, int]]:
+    """(topic, offset) of every record of ``partition``'s input topics that a worker rejected,
+    from the dead-letter topic (each letter names its source record)."""
+    out = set()
+    for m in letters:
+        try:
+            dl = decode(DeadLetter, m.value)
+        except DecodeError as exc:  # not ours to judge: say so and go on without it
+            log.warning("%s[%d]@%d is not a DeadLetter, ignored: %s", m.topic, m.partition, m.offset, exc)
+            continue
+        if dl.source_partition == partition and dl.source_topic in input_topics:
+            out.add((dl.source_topic, dl.source_offset))
     return out
 
 
 def rebuild_partition(pipeline: Pipeline, partition: int, history: Iterable[Incoming],
-                      published: Mapping[str, list[Incoming]], batch: ArchiveBatch) -> list[RestoreReport]:
+                      published: Mapping[str, list[Incoming]], batch: ArchiveBatch,
+                      dead: Collection[tuple[str, int]] = ()) -> list[RestoreReport]:
     """Rebuild every site on ``partition`` from the records before the group's committed
     offsets (``history``, all input topics) and the actions already published for those sites.
 
     The valid history records are archived (idempotently: rows another run of this worker
     already wrote are skipped by the archive); dead letters among them were published and
-    archived by the worker that read them first, so they are only skipped here.
+    archived by the worker that read them first, so they are only skipped here: those in
+    ``dead`` ((topic, offset) from the dead-letter topic, see :func:`dead_lettered`), and the
+    records that do not decode or are stamped ahead of this worker's clock (they were ahead of
+    the first reader's clock too, so rejected then; ``dead`` also covers a record whose time the
+    clock has passed since: judged again now, it would be folded here and not by the first
+    reader). A keyless record's dead letter is in no partition known from the keys, so for
+    those the clock check is all there is.
     """
     by_site: dict[str, list[tuple[Any, int, int, str, Any]]] = {}
     rank = {name: i for i, name in enumerate(FEED_ORDER)}
     horizon = pipeline.future_horizon()
     for m in history:
         feed = pipeline.feed_by_topic.get(m.topic)
-        if feed is None:
+        if feed is None or (m.topic, m.offset) in dead:
             continue
         try:
             recs = ((decode(feed.model, m.value),) if feed.batch_model is None
@@ -197,7 +227,7 @@ def rebuild_partition(pipeline: Pipeline, partition: int, history: Iterable[Inco
         if recs[0].site_id not in pipeline.lanes:
             continue
         if horizon is not None and max(r.event_time() for r in recs) > horizon:
-            continue  # dead-lettered as a FutureEvent by the worker that read it (Pipeline._accept)
+            continue  # ahead of the clock now, so it was when first read: a FutureEvent (Pipeline._accept)
         for rec in recs:
             batch.add_input(feed.name, rec, topic=m.topic, partition=m.partition, offset=m.offset, late=False)
             # the archive's restore order: event time, feed order, offset (sinks.archive)

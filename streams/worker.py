@@ -43,7 +43,14 @@ from sinks.archive import Archive, ArchiveBatch, ArchiveError
 from streams.app import MAX_FUTURE_S, WorkerSettings, create_app
 from streams.batching import BatchConsumer, install_batch_transport
 from streams.pipeline import Pipeline, StepResult
-from streams.takeover import Coverage, read_published_actions, read_until, rebuild_partition
+from streams.takeover import (
+    Coverage,
+    dead_lettered,
+    read_keyed,
+    read_published_actions,
+    read_until,
+    rebuild_partition,
+)
 from wattmix.errors import SinkError
 
 log = logging.getLogger("wattmix.worker")
@@ -297,7 +304,10 @@ class DispatchWorker:
         sites = set(self.pipeline.sites_on(partition))  # + sites this worker has not seen yet:
         sites |= {k for k in {m.key.decode(errors="replace") for m in msgs if m.key} if k in self.pipeline.lanes}
         published = await read_published_actions(self.settings.kafka, topics.actions, sorted(sites), kw)
-        reports = rebuild_partition(self.pipeline, partition, msgs, published, group.batch)
+        # what the previous owner rejected (a dead letter keeps its source record's key)
+        letters = await read_keyed(self.settings.kafka, topics.dead_letters, {m.key for m in msgs if m.key}, kw)
+        dead = dead_lettered(letters, partition, set(topics.inputs.values()))
+        reports = rebuild_partition(self.pipeline, partition, msgs, published, group.batch, dead)
         coverage.forget(partition)
         for (topic, p), end in ends.items():
             coverage.advance(topic, p, end)

@@ -5,13 +5,15 @@ would have. The broker path (two workers, one killed) is tests/reliability/test_
 from __future__ import annotations
 
 from collections import Counter
+from datetime import timedelta
 
 from dispatch.processor import run_in_process
 from schemas.codec import encode
 from sinks.archive import Archive, ArchiveBatch
-from streams.pipeline import Incoming
-from streams.takeover import Coverage, key_partition, rebuild_partition
-from tests.streams.test_pipeline import ALL_IDLE, NONE_IDLE, SITE, TOPICS, events, named, pipeline
+from streams.pipeline import Incoming, Pipeline
+from streams.takeover import Coverage, dead_lettered, key_partition, rebuild_partition
+from tests import factories as f
+from tests.streams.test_pipeline import ALL_IDLE, NONE_IDLE, NOW, SITE, TOPICS, events, named, pipeline
 
 
 def log_of(ev, partition: int = 0) -> list[Incoming]:
@@ -84,6 +86,34 @@ def test_a_rebuilt_partition_decides_on_exactly_like_its_first_owner():
 
     # the new owner's archive gets the history and the decisions it did not take itself
     assert len(batch) == cut + len(published)
+
+
+def test_a_rebuild_skips_what_the_first_owner_dead_lettered_though_the_clock_has_passed_it():
+    # a price stamped a day ahead of the first owner's clock: a FutureEvent there. The takeover
+    # comes two days later, when the same record is no longer ahead: judged again it would be
+    # folded, so the rebuild takes the first owner's verdict from the dead-letter topic.
+    ev = events()
+    ahead = f.rt_price(0, 30.0, t0=NOW + timedelta(days=1))
+    msgs = log_of(ev + [ahead])
+    first = pipeline().ingest(msgs, ALL_IDLE)
+    assert first.dead_letters == 1
+    letters = [Incoming(o.topic, 0, k, o.key, o.value) for k, o in enumerate(first.outgoing)
+               if o.topic == TOPICS.dead_letters]
+    letters.append(Incoming(TOPICS.dead_letters, 0, 9, b"sample", b"not a dead letter"))  # ignored, logged
+    dead = dead_lettered(letters, 0, set(TOPICS.inputs.values()))
+    assert dead == {(msgs[-1].topic, msgs[-1].offset)}
+    assert dead_lettered(letters, 1, set(TOPICS.inputs.values())) == set()  # another partition's
+
+    def rebuilt(dead_set):
+        later = Pipeline([SITE], TOPICS, now=lambda: NOW + timedelta(days=2))
+        batch = ArchiveBatch()
+        (rep,) = rebuild_partition(later, 0, msgs, {}, batch, dead_set)
+        return rep, batch
+
+    rep, batch = rebuilt(dead)
+    assert rep.inputs == len(ev) and len(batch) == len(ev)
+    rep, batch = rebuilt(set())  # the clock alone lets it in: the case the dead letters cover
+    assert rep.inputs == len(ev) + 1
 
 
 def test_key_partition_matches_the_producer_default():
