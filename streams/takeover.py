@@ -5,8 +5,9 @@ Every worker of a group keeps its own DuckDB archive, so a worker that is assign
 another worker was processing (a rebalance, or a worker killed) has neither that site's history
 nor its engine memory. The input topics are the source of truth (as Kafka Streams reuses a
 source topic as a table's changelog): the new owner reads the partition's input records from
-the start of the log up to the group's committed offsets, and the site's published actions
-from the actions topic, then rebuilds the site exactly as a restart rebuilds it from the archive
+the start of the log up to the group's committed offsets, the site's published actions
+from the actions topic and the dead letters of those records (what the previous owner
+rejected is rejected again, whatever the clock says now), then rebuilds the site exactly as a restart rebuilds it from the archive
 (:meth:`streams.pipeline.Pipeline.restore`): history up to the last *published* decision is
 re-processed without publishing anything, later events wait in the event-time merge. A
 published action is a fact (an actuator may have acted on it): it is never decided again, so
