@@ -118,10 +118,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
         if not self.flow_active:
             # a rebalance started while we fetched: drop the records (Faust does the
             # same) and let the consumer seek back to the committed offsets
-            try:
-                await self.perform_seek()
-            except Exception as exc:
-                self.log.warning(f"exception performing seek when flow not active {exc}")
+            await self._seek_back()
             return
         buffered = self._buffered_partitions
         batch = {tp: recs for tp, recs in records.items()
@@ -134,10 +131,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 await asyncio.sleep(0)  # let the producer and the timers run between steps
                 if not self.flow_active or self.app.consumer_generation_id != generation_id:
                     # a rebalance started mid-fetch: drop the rest and seek back (as above)
-                    try:
-                        await self.perform_seek()
-                    except Exception as exc:
-                        self.log.warning(f"exception performing seek when flow not active {exc}")
+                    await self._seek_back()
                     break
             await handler(step, generation_id)
         commit_every = self._commit_every
@@ -147,6 +141,13 @@ class BatchConsumer(faust_aiokafka.Consumer):
             self._n_acked = 0
             self._commit_task = asyncio.ensure_future(self.commit())
             self._commit_task.add_done_callback(self._commit_done)
+
+    async def _seek_back(self) -> None:  # pragma: no cover - needs a broker
+        """Seek back to the committed offsets after dropping records fetched across a rebalance."""
+        try:
+            await self.perform_seek()
+        except Exception as exc:
+            self.log.warning(f"exception performing seek when flow not active {exc}")
 
     def _committing(self) -> bool:
         return self._commit_task is not None and not self._commit_task.done()
