@@ -301,11 +301,12 @@ class DispatchWorker:
         kw = self.settings.security.client_kwargs()
         history, ends = await read_until(self.settings.kafka, {(t, partition): None for t in topics.inputs.values()}, kw)
         msgs = [m for part in history.values() for m in part]
+        keys = {m.key for m in msgs if m.key}
         sites = set(self.pipeline.sites_on(partition))  # + sites this worker has not seen yet:
-        sites |= {k for k in {m.key.decode(errors="replace") for m in msgs if m.key} if k in self.pipeline.lanes}
+        sites |= {k for k in {key.decode(errors="replace") for key in keys} if k in self.pipeline.lanes}
         published = await read_published_actions(self.settings.kafka, topics.actions, sorted(sites), kw)
         # what the previous owner rejected (a dead letter keeps its source record's key)
-        letters = await read_keyed(self.settings.kafka, topics.dead_letters, {m.key for m in msgs if m.key}, kw)
+        letters = await read_keyed(self.settings.kafka, topics.dead_letters, keys, kw)
         dead = dead_lettered(letters, partition, set(topics.inputs.values()))
         reports = rebuild_partition(self.pipeline, partition, msgs, published, group.batch, dead)
         coverage.forget(partition)
