@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import subprocess
 import sys
@@ -238,7 +239,7 @@ def main() -> None:
                 print(f"        {cpu_cost(res, samples / len(batched), 'sample')}", flush=True)
 
         if "scrape" in only:
-            named = scrape_telemetry(scenario_events(sid, days=max(3, int(-(-args.scrape_days // 1))), jobs=args.jobs),
+            named = scrape_telemetry(scenario_events(sid, days=max(3, math.ceil(args.scrape_days)), jobs=args.jobs),
                                      args.scrape_s, args.scrape_days)
             gpu = [r for n, r in named if n == "gpu_telemetry"]
             samples = sum(len(r.columns.job_id) for r in gpu)
